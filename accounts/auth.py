@@ -1,0 +1,61 @@
+"""API authentication: `Authorization: Bearer <token>`, one tenant per token."""
+
+from datetime import timedelta
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions, permissions
+
+from .models import ApiToken, Membership, Role
+
+
+def token_from_header(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, key = value.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    return key.strip()
+
+
+def authenticate_key(raw: str):
+    """(user, token) for a raw key, with the caller's role in `token.role`; None if not valid."""
+    token = ApiToken.objects.for_key(raw)
+    if token is None:
+        return None
+    role = Membership.objects.filter(tenant_id=token.tenant_id, user_id=token.user_id).values_list("role", flat=True).first()
+    if role is None:
+        return None
+    token.role = role
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user, token
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request):
+        header = request.headers.get("Authorization")
+        if not header:
+            return None
+        raw = token_from_header(header)
+        if raw is None:
+            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <token>'.")
+        result = authenticate_key(raw)
+        if result is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+        return result
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="api"'
+
+
+class TenantRolePermission(permissions.BasePermission):
+    """Every member may read; viewers may not change anything."""
+
+    message = "Your role in this tenant does not allow this."
+
+    def has_permission(self, request, view):
+        token = request.auth
+        if not isinstance(token, ApiToken):
+            return False
+        return request.method in permissions.SAFE_METHODS or token.role != Role.VIEWER

@@ -1,0 +1,37 @@
+from rest_framework import serializers
+
+from .models import ApprovalRequest, HandoverTicket
+
+
+class ApprovalSerializer(serializers.ModelSerializer):
+    decided_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = ApprovalRequest
+        fields = ["id", "run", "node_id", "title", "payload", "payload_schema", "status", "decided_payload",
+                  "comment", "decided_by", "decided_at", "expires_at", "created_at"]
+
+
+class DecisionSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=["approve", "reject", "edit"])
+    payload = serializers.DictField(required=False, help_text="The edited payload; only with decision 'edit'.")
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class StatusQuerySerializer(serializers.Serializer):
+    def __init__(self, *args, choices, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["status"] = serializers.ChoiceField(choices=choices, required=False)
+
+
+class HandoverTicketSerializer(serializers.ModelSerializer):
+    assignee = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = HandoverTicket
+        fields = ["id", "conversation", "run", "status", "reason", "case_file", "assignee", "created_at",
+                  "claimed_at", "closed_at"]
+
+
+class ReplySerializer(serializers.Serializer):
+    text = serializers.CharField(max_length=20_000)

@@ -1,0 +1,30 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from approvals import api as approvals_api
+from workflows import api as workflows_api
+
+api = [
+    path("conversations/", workflows_api.ConversationListApi.as_view()),
+    path("conversations/<uuid:pk>/", workflows_api.ConversationDetailApi.as_view()),
+    path("conversations/<uuid:pk>/messages/", workflows_api.MessageListApi.as_view()),
+    path("runs/<uuid:pk>/", workflows_api.RunDetailApi.as_view()),
+    path("runs/<uuid:pk>/events/", workflows_api.RunEventListApi.as_view()),
+    path("runs/<uuid:pk>/events/stream/", workflows_api.RunEventStreamApi.as_view()),
+    path("approvals/", approvals_api.ApprovalListApi.as_view()),
+    path("approvals/<uuid:pk>/", approvals_api.ApprovalDetailApi.as_view()),
+    path("approvals/<uuid:pk>/decision/", approvals_api.ApprovalDecisionApi.as_view()),
+    path("handovers/", approvals_api.HandoverListApi.as_view()),
+    path("handovers/<uuid:pk>/", approvals_api.HandoverDetailApi.as_view()),
+    path("handovers/<uuid:pk>/claim/", approvals_api.HandoverClaimApi.as_view()),
+    path("handovers/<uuid:pk>/reply/", approvals_api.HandoverReplyApi.as_view()),
+    path("handovers/<uuid:pk>/return-to-ai/", approvals_api.HandoverReturnApi.as_view()),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/v1/", include(api)),
+]

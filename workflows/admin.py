@@ -1,0 +1,131 @@
+from django.contrib import admin, messages
+from django.utils.html import format_html, format_html_join
+
+from . import services
+from .models import Conversation, Message, Run, RunEvent, Step, Workflow, WorkflowVersion
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class VersionInline(ReadOnlyInline):
+    model = WorkflowVersion
+    fields = ["number", "created_at", "published_at", "errors"]
+    show_change_link = True
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "tenant", "live_version"]
+    list_filter = ["tenant"]
+    search_fields = ["slug", "name"]
+    readonly_fields = ["live_version"]
+    inlines = [VersionInline]
+
+
+@admin.register(WorkflowVersion)
+class WorkflowVersionAdmin(admin.ModelAdmin):
+    """Versions are immutable: add a new one to change a workflow. A version with errors
+    shows them and cannot be published."""
+
+    list_display = ["__str__", "workflow", "valid", "published_at", "created_at"]
+    list_filter = ["workflow__tenant", "workflow"]
+    actions = ["publish"]
+    fields = ["workflow", "spec_yaml", "validation"]
+    readonly_fields = ["validation"]
+
+    @admin.display(boolean=True)
+    def valid(self, obj):
+        return obj.is_valid()
+
+    @admin.display(description="Validation")
+    def validation(self, obj):
+        if obj is None or obj.pk is None:
+            return "Checked when you save."
+        if obj.is_valid():
+            return "Valid."
+        return format_html("<ul class='errorlist'>{}</ul>", format_html_join("", "<li>{}</li>", ((e,) for e in obj.errors)))
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["workflow", "spec_yaml", "validation"] if obj else ["validation"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        version = services.workflow_version_create(workflow=obj.workflow, spec_yaml=obj.spec_yaml, actor=request.user)
+        obj.pk, obj.number = version.pk, version.number
+        if version.errors:
+            messages.warning(request, f"Saved {version} as a draft with {len(version.errors)} error(s); it cannot be published.")
+
+    @admin.action(description="Publish the selected version (make it live)")
+    def publish(self, request, queryset):
+        for version in queryset:
+            try:
+                services.workflow_version_publish(version=version, actor=request.user)
+                messages.success(request, f"{version} is live.")
+            except services.ServiceError as e:
+                messages.error(request, str(e))
+
+
+class MessageInline(ReadOnlyInline):
+    model = Message
+    fields = ["created_at", "role", "text", "turn_id", "run", "author"]
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ["id", "workflow", "status", "created_at"]
+    list_filter = ["tenant", "status"]
+    inlines = [MessageInline]
+    readonly_fields = ["tenant", "workflow", "status", "created_at"]
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "conversation", "role", "text"]
+    list_filter = ["tenant", "role"]
+    readonly_fields = [f.name for f in Message._meta.fields]
+
+
+class StepInline(ReadOnlyInline):
+    model = Step
+    fields = ["node_id", "agent", "attempt", "status", "output", "error", "cost", "duration", "idempotency_key"]
+    readonly_fields = ["duration"]
+    ordering = ["id"]
+
+    @admin.display(description="ms")
+    def duration(self, obj):
+        return obj.duration_ms()
+
+
+class EventInline(ReadOnlyInline):
+    model = RunEvent
+    fields = ["seq", "type", "data", "ts"]
+    ordering = ["seq"]
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ["id", "workflow_version", "status", "sink", "current_node", "cost", "created_at"]
+    list_filter = ["tenant", "status", "sink"]
+    readonly_fields = [f.name for f in Run._meta.fields]
+    inlines = [StepInline, EventInline]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(RunEvent)
+class RunEventAdmin(admin.ModelAdmin):
+    list_display = ["run", "seq", "type", "ts"]
+    list_filter = ["tenant", "type"]
+    readonly_fields = [f.name for f in RunEvent._meta.fields]

@@ -1,0 +1,116 @@
+import json
+
+from asgiref.sync import sync_to_async
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from hil_project.api import TenantScopedMixin
+
+from . import services
+from .events import doorbell_subscribe, events_after
+from .models import Conversation, Run
+from .serializers import (
+    ConversationCreateSerializer,
+    ConversationSerializer,
+    EventsQuerySerializer,
+    MessageCreateSerializer,
+    MessagePostedSerializer,
+    MessageSerializer,
+    RunEventSerializer,
+    RunSerializer,
+)
+
+AFTER = OpenApiParameter("after", int, description="Only events with a greater seq.")
+
+class ConversationListApi(TenantScopedMixin, generics.ListAPIView):
+    serializer_class = ConversationSerializer
+
+    def get_queryset(self):
+        return self.tenant_queryset(Conversation.objects.select_related("workflow")).order_by("-created_at")
+
+    @extend_schema(request=ConversationCreateSerializer, responses={201: ConversationSerializer})
+    def post(self, request):
+        body = ConversationCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        conversation = services.conversation_start(tenant=request.auth.tenant, workflow_slug=body.validated_data["workflow"])
+        return Response(ConversationSerializer(conversation).data, status=status.HTTP_201_CREATED)
+
+class ConversationDetailApi(TenantScopedMixin, generics.RetrieveAPIView):
+    serializer_class = ConversationSerializer
+
+    def get_queryset(self):
+        return self.tenant_queryset(Conversation.objects.select_related("workflow"))
+
+class MessageListApi(TenantScopedMixin, generics.ListAPIView):
+    """The conversation's history: user messages, AI replies and human replies, oldest first."""
+
+    serializer_class = MessageSerializer
+
+    def conversation(self):
+        return get_object_or_404(self.tenant_queryset(Conversation.objects), pk=self.kwargs["pk"])
+
+    def get_queryset(self):
+        return self.conversation().messages.select_related("author").order_by("created_at", "id")
+
+    @extend_schema(request=MessageCreateSerializer, responses={202: MessagePostedSerializer, 409: OpenApiResponse(
+        description="turn_id was already used for a different text")})
+    def post(self, request, pk):
+        conversation = self.conversation()
+        body = MessageCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        message, _ = services.message_post(conversation=conversation, **body.validated_data)
+        data = MessagePostedSerializer({"message": message, "run": message.run}).data
+        return Response(data, status=status.HTTP_202_ACCEPTED)
+
+class RunDetailApi(TenantScopedMixin, generics.RetrieveAPIView):
+    serializer_class = RunSerializer
+
+    def get_queryset(self):
+        return self.tenant_queryset(Run.objects.select_related("workflow_version__workflow").prefetch_related("steps"))
+
+class RunEventListApi(TenantScopedMixin, APIView):
+    @extend_schema(parameters=[AFTER], responses={200: RunEventSerializer(many=True)})
+    def get(self, request, pk):
+        run = get_object_or_404(self.tenant_queryset(Run.objects), pk=pk)
+        query = EventsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(events_after(run, query.validated_data["after"]))
+
+class RunEventStreamApi(TenantScopedMixin, APIView):
+    """Server-sent events: the run's events after `after`, then each new one as it is committed.
+    The stream ends after the run's last event."""
+
+    @extend_schema(parameters=[AFTER], responses={
+        (200, "text/event-stream"): OpenApiResponse(description="`id: <seq>` and `data: <envelope JSON>` per event")})
+    def get(self, request, pk):
+        run = get_object_or_404(self.tenant_queryset(Run.objects), pk=pk)
+        query = EventsQuerySerializer(data={"after": request.headers.get("Last-Event-ID", request.query_params.get("after", 0))})
+        query.is_valid(raise_exception=True)
+        response = StreamingHttpResponse(event_stream(run, query.validated_data["after"]), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+async def event_stream(run: Run, after: int, heartbeat_s: float = 15):
+
+    pubsub = await doorbell_subscribe(run.tenant_id, run.id)
+    try:
+        while True:
+            for envelope in await sync_to_async(events_after)(run, after):
+                after = envelope["seq"]
+                yield f"id: {after}\nevent: {envelope['type']}\ndata: {json.dumps(envelope)}\n\n"
+            if await sync_to_async(_run_over)(run.id, after):
+                return
+            if await pubsub.get_message(ignore_subscribe_messages=True, timeout=heartbeat_s) is None:
+                yield ": keep-alive\n\n"
+    finally:
+        await pubsub.aclose()
+
+def _run_over(run_id, seen: int) -> bool:
+    """True when the run is done and every event it will ever have was seen (a handover's later
+    ticket events are read with `?after=`)."""
+    return Run.objects.filter(id=run_id, status=Run.Status.DONE, last_seq__lte=seen).exists()

@@ -1,0 +1,69 @@
+"""The WebSocket for one run's events: `/ws/runs/<id>/?after=N`.
+
+Authenticate with `Authorization: Bearer <token>` (or `?token=` where a client cannot set
+headers). The server sends each event envelope after `after`, then each new one as it is
+committed. Send `{"after": N}` at any time to be sent everything after N again."""
+
+import asyncio
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from accounts.auth import authenticate_key, token_from_header
+
+from .events import doorbell_subscribe, events_after
+from .models import Run
+
+
+class RunEventsConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        query = parse_qs(self.scope["query_string"].decode())
+        headers = dict(self.scope["headers"])
+        raw = token_from_header(headers.get(b"authorization", b"").decode()) or query.get("token", [None])[0]
+        self.run = await database_sync_to_async(self._run_for)(raw, self.scope["url_route"]["kwargs"]["run_id"])
+        if self.run is None:
+            await self.close(code=4404)  # no such run for this token: the same answer as the API's 404
+            return
+        try:
+            self.sent = max(0, int(query.get("after", ["0"])[0]))
+        except ValueError:
+            self.sent = 0
+        self.lock = asyncio.Lock()
+        self.pubsub = await doorbell_subscribe(self.run.tenant_id, self.run.id)
+        await self.accept()
+        self.listener = asyncio.create_task(self._listen())
+        await self._send_new()
+
+    @staticmethod
+    def _run_for(raw, run_id):
+        auth = authenticate_key(raw) if raw else None
+        if auth is None:
+            return None
+        return Run.objects.filter(id=run_id, tenant_id=auth[1].tenant_id).first()
+
+    async def _listen(self):
+        async for message in self.pubsub.listen():
+            if message["type"] == "message":
+                await self._send_new()
+
+    async def _send_new(self):
+        async with self.lock:
+            for envelope in await database_sync_to_async(events_after)(self.run, self.sent):
+                await self.send_json(envelope)
+                self.sent = envelope["seq"]
+
+    async def receive_json(self, content, **kwargs):
+        after = content.get("after") if isinstance(content, dict) else None
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            await self.send_json({"error": "send {\"after\": <seq>} with a non-negative integer"})
+            return
+        async with self.lock:
+            self.sent = after
+        await self._send_new()
+
+    async def disconnect(self, code):
+        if getattr(self, "listener", None):
+            self.listener.cancel()
+        if getattr(self, "pubsub", None):
+            await self.pubsub.aclose()

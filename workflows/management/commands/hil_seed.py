@@ -1,0 +1,81 @@
+import os
+from pathlib import Path
+
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from accounts.models import ApiToken, Role, Tenant
+from accounts.services import api_token_create, api_token_revoke, membership_set, user_ensure
+from workflows import services
+from workflows.models import Workflow
+
+DEMO_YAML = Path(__file__).resolve().parents[2] / "demo" / "customer_support.yaml"
+PASSWORD = os.environ.get("HIL_DEMO_PASSWORD", "hil-demo-password")
+
+
+class Command(BaseCommand):
+    help = "Seed the demo tenant (users, a token, the customer_support workflow) and print how to try it."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--base-url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+
+    @transaction.atomic
+    def handle(self, *args, base_url, **options):
+        tenant, _ = Tenant.objects.get_or_create(slug="demo", defaults={"name": "Demo shop"})
+        operator = user_ensure(username="operator", password=PASSWORD, is_staff=True, is_superuser=True)
+        membership_set(tenant=tenant, user=operator, role=Role.OPERATOR)
+        for name in ("alice", "bob"):
+            membership_set(tenant=tenant, user=user_ensure(username=name, password=PASSWORD), role=Role.AGENT)
+
+        workflow = Workflow.objects.filter(tenant=tenant, slug="customer_support").first()
+        workflow = workflow or services.workflow_create(tenant=tenant, slug="customer_support", name="Customer support")
+        spec_yaml = DEMO_YAML.read_text()
+        live = workflow.live_version
+        if live is None or live.spec_yaml != spec_yaml:
+            version = services.workflow_version_create(workflow=workflow, spec_yaml=spec_yaml, actor=operator)
+            services.workflow_version_publish(version=version, actor=operator)
+
+        for token in ApiToken.objects.filter(tenant=tenant, name="demo", revoked_at__isnull=True):
+            api_token_revoke(token=token)
+        _, raw = api_token_create(tenant=tenant, user=operator, name="demo")
+        alice_token = ApiToken.objects.filter(tenant=tenant, name="demo-alice", revoked_at__isnull=True).first()
+        if alice_token:
+            api_token_revoke(token=alice_token)
+        _, alice_raw = api_token_create(tenant=tenant, user=user_ensure(username="alice"), name="demo-alice")
+        self.stdout.write(TRY_IT.format(base=base_url, token=raw, alice=alice_raw, password=PASSWORD))
+
+
+TRY_IT = """
+HIL demo tenant 'demo' is ready.
+  Admin:  {base}/admin/   users operator (admin), alice and bob (human agents); password {password}
+  API:    {base}/api/docs/
+  Token (operator): {token}
+  Token (alice):    {alice}
+
+Try it (needs curl and python3):
+  export HIL={base}/api/v1 TOKEN={token} ALICE={alice}
+  api() {{ curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' "$@"; echo; }}
+  export CONV=$(api -X POST $HIL/conversations/ -d '{{"workflow":"customer_support"}}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["id"])')
+
+  # 1. A reply: a small refund (order 1 is 1.98) runs straight through to FINISH.
+  api -X POST $HIL/conversations/$CONV/messages/ -d '{{"text":"Please refund order 1","turn_id":"t1"}}'
+  sleep 1; api $HIL/conversations/$CONV/messages/
+
+  # 2. An approval: order 5 is 13.86, over the threshold; the run waits for a human.
+  api -X POST $HIL/conversations/$CONV/messages/ -d '{{"text":"I want my money back for order 5","turn_id":"t2"}}'
+  sleep 1; api "$HIL/approvals/?status=pending"
+  APPROVAL=$(api "$HIL/approvals/?status=pending" | python3 -c 'import sys,json;print(json.load(sys.stdin)["results"][-1]["id"])')
+  curl -s -X POST -H "Authorization: Bearer $ALICE" -H 'Content-Type: application/json' $HIL/approvals/$APPROVAL/decision/ -d '{{"decision":"approve","comment":"ok"}}'; echo
+  sleep 1; api $HIL/conversations/$CONV/messages/
+
+  # 3. A handover: something the workflow cannot handle goes to a human.
+  api -X POST $HIL/conversations/$CONV/messages/ -d '{{"text":"Can I speak to a person?","turn_id":"t3"}}'
+  sleep 1; TICKET=$(api "$HIL/handovers/?status=open" | python3 -c 'import sys,json,os;print([t["id"] for t in json.load(sys.stdin)["results"] if t["conversation"]==os.environ["CONV"]][0])')
+  curl -s -X POST -H "Authorization: Bearer $ALICE" $HIL/handovers/$TICKET/claim/; echo
+  curl -s -X POST -H "Authorization: Bearer $ALICE" -H 'Content-Type: application/json' $HIL/handovers/$TICKET/reply/ -d '{{"text":"Hi, Alice here. How can I help?"}}'; echo
+  curl -s -X POST -H "Authorization: Bearer $ALICE" $HIL/handovers/$TICKET/return-to-ai/; echo
+
+  # Every step, decision and outcome is an event (or watch them live: .../events/stream/):
+  RUN=$(api $HIL/conversations/$CONV/messages/ | python3 -c 'import sys,json;print([m["run"] for m in json.load(sys.stdin)["results"] if m["run"]][-1])')
+  api $HIL/runs/$RUN/events/
+"""

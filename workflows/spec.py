@@ -1,0 +1,238 @@
+"""The workflow spec: a YAML DAG of agent and approval nodes ending in FINISH or HANDOVER.
+
+    entry: classify
+    nodes:
+      - id: classify
+        agent: intent
+        config: {intents: {refund: "refund return money back"}}
+        limits: {timeout_ms: 2000, max_retries: 2, backoff: 200, max_cost: 0.01}
+      - id: approve
+        kind: approval
+        config: {title: "Refund", payload: "{amount: lookup.total}"}
+    edges:
+      - {from: classify, to: approve, when: "classify.intent == 'refund'"}
+      - {from: classify, to: HANDOVER}          # the default edge: no `when`
+
+`when` is a JMESPath expression over the run state: `input` (the message) and one key per
+finished node holding its output. Every node has exactly one default edge.
+"""
+
+from functools import lru_cache
+
+import jmespath
+import jsonschema
+import yaml
+from jmespath.exceptions import JMESPathError
+
+FINISH = "FINISH"
+HANDOVER = "HANDOVER"
+SINKS = (FINISH, HANDOVER)
+DEFAULT_LIMITS = {"timeout_ms": 30_000, "max_retries": 2, "backoff": 200, "max_cost": None}
+
+_ID = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 64}
+SCHEMA = {
+    "type": "object",
+    "required": ["entry", "nodes", "edges"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "entry": {"type": "string"},
+        "nodes": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id"],
+                "additionalProperties": False,
+                "properties": {
+                    "id": _ID,
+                    "kind": {"enum": ["agent", "approval"]},
+                    "agent": {"type": "string"},
+                    "config": {"type": "object"},
+                    "on_failure": {"type": "string"},
+                    "limits": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000},
+                            "max_retries": {"type": "integer", "minimum": 0, "maximum": 20},
+                            "backoff": {"type": "integer", "minimum": 0, "maximum": 600_000},
+                            "max_cost": {"type": ["number", "null"], "minimum": 0},
+                        },
+                    },
+                },
+            },
+        },
+        "edges": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["from", "to"],
+                "additionalProperties": False,
+                "properties": {"from": {"type": "string"}, "to": {"type": "string"}, "when": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+class SpecError(ValueError):
+    def __init__(self, errors: list[str]):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@lru_cache(maxsize=1024)
+def compile_expression(expression: str):
+    return jmespath.compile(expression)
+
+
+def load(text: str) -> dict:
+    """Parse and validate YAML; raises SpecError listing every problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError([f"YAML: {e}"]) from None
+    errors = validate(data)
+    if errors:
+        raise SpecError(errors)
+    return data
+
+
+def validate(data) -> list[str]:
+    if not isinstance(data, dict):
+        return ["the spec must be a mapping with entry, nodes and edges"]
+    errors = [
+        f"{'.'.join(str(p) for p in e.absolute_path) or 'spec'}: {e.message}"
+        for e in jsonschema.Draft202012Validator(SCHEMA).iter_errors(data)
+    ]
+    if errors:
+        return errors
+    from agents.registry import agent_names
+
+    known = agent_names()
+    nodes = {}
+    for node in data["nodes"]:
+        nid = node["id"]
+        if nid in SINKS:
+            errors.append(f"node '{nid}': {nid} is a sink and cannot be a node id")
+        elif nid in nodes:
+            errors.append(f"node '{nid}': duplicate id")
+        nodes[nid] = node
+        if node.get("kind", "agent") == "agent":
+            if "agent" not in node:
+                errors.append(f"node '{nid}': no agent (set `agent`, or `kind: approval`)")
+            elif node["agent"] not in known:
+                errors.append(f"node '{nid}': unknown agent '{node['agent']}' (known: {', '.join(sorted(known))})")
+        else:
+            if "agent" in node:
+                errors.append(f"node '{nid}': an approval node has no agent")
+            expr = node.get("config", {}).get("payload")
+            if expr is not None:
+                errors += _expression_errors(f"node '{nid}': payload", expr)
+    if data["entry"] not in nodes:
+        errors.append(f"entry '{data['entry']}' is not a node")
+
+    successors: dict[str, set[str]] = {nid: set() for nid in nodes}
+    defaults: dict[str, int] = {nid: 0 for nid in nodes}
+    for nid, node in nodes.items():
+        target = node.get("on_failure")
+        if target is None:
+            continue
+        if target in nodes or target in SINKS:
+            successors[nid].add(target)
+        else:
+            errors.append(f"node '{nid}': on_failure '{target}' is not a node or sink")
+    for edge in data["edges"]:
+        src, dst = edge["from"], edge["to"]
+        name = f"edge {src} → {dst}"
+        if src not in nodes:
+            errors.append(f"{name}: '{src}' is not a node" + (" (sinks have no outgoing edges)" if src in SINKS else ""))
+            continue
+        if dst not in nodes and dst not in SINKS:
+            errors.append(f"{name}: '{dst}' is not a node or sink (dangling edge)")
+            continue
+        successors[src].add(dst)
+        if "when" in edge:
+            errors += _expression_errors(f"{name}: when", edge["when"])
+        else:
+            defaults[src] += 1
+    for nid, count in defaults.items():
+        if count == 0:
+            errors.append(f"node '{nid}': no default edge (an edge without `when`)")
+        elif count > 1:
+            errors.append(f"node '{nid}': {count} default edges; keep one and give the others a `when`")
+
+    if data["entry"] in nodes:
+        reached = _reach(data["entry"], successors)
+        errors += [f"node '{nid}': unreachable from entry '{data['entry']}'" for nid in nodes if nid not in reached]
+    cycle = _find_cycle(successors)
+    if cycle:
+        errors.append("cycle: " + " → ".join(cycle))
+    else:
+        errors += [f"node '{nid}': no way to a sink" for nid in nodes if not _reach(nid, successors) & set(SINKS)]
+    return errors
+
+
+def _expression_errors(where: str, expression: str) -> list[str]:
+    try:
+        compile_expression(expression)
+    except JMESPathError as e:
+        return [f"{where}: invalid JMESPath {expression!r}: {e}"]
+    return []
+
+
+def _reach(start: str, successors: dict[str, set[str]]) -> set[str]:
+    seen, stack = {start}, [start]
+    while stack:
+        for nxt in successors.get(stack.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
+def _find_cycle(successors: dict[str, set[str]]) -> list[str] | None:
+    done: set[str] = set()
+
+    def visit(nid: str, path: list[str]) -> list[str] | None:
+        if nid in path:
+            return path[path.index(nid):] + [nid]
+        if nid in done or nid not in successors:
+            return None
+        for nxt in sorted(successors[nid]):
+            if found := visit(nxt, path + [nid]):
+                return found
+        done.add(nid)
+        return None
+
+    for nid in sorted(successors):
+        if found := visit(nid, []):
+            return found
+    return None
+
+
+def node(spec: dict, node_id: str) -> dict:
+    return next(n for n in spec["nodes"] if n["id"] == node_id)
+
+
+def limits(spec_node: dict) -> dict:
+    return {**DEFAULT_LIMITS, **spec_node.get("limits", {})}
+
+
+def next_node(spec: dict, node_id: str, state: dict) -> str:
+    """The first edge from `node_id` whose `when` holds, else its default edge."""
+    default = None
+    for edge in spec["edges"]:
+        if edge["from"] != node_id:
+            continue
+        if "when" not in edge:
+            default = edge["to"]
+        elif compile_expression(edge["when"]).search(state):
+            return edge["to"]
+    return default
+
+
+def evaluate(expression: str, state: dict):
+    return compile_expression(expression).search(state)
