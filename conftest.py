@@ -1,16 +1,23 @@
 """Fixtures shared by every app's tests. Tests run against the real Postgres and Redis that
 `make test` starts (or DATABASE_URL / REDIS_URL)."""
 
+import os
 import textwrap
+import uuid
 
 import pytest
 from rest_framework.test import APIClient
+
+from hil_project.celery import app as celery_app
 
 import workflows.tests.agents  # noqa: F401  (registers the test agents in this process)
 from accounts.models import Role, Tenant
 from accounts.services import api_token_create, membership_set, user_ensure
 from workflows import engine, services
 from workflows.models import Run
+
+# A queue of this session's own, so that no other worker on the same Redis takes its tasks.
+os.environ["HIL_QUEUE"] = celery_app.conf.task_default_queue = f"hil-test-{uuid.uuid4().hex[:8]}"
 
 LINEAR = """
 entry: a

@@ -72,6 +72,8 @@ TEMPLATES = [
 if not os.environ.get("DATABASE_URL"):
     raise RuntimeError("DATABASE_URL must be set (make run / make test start an embedded Postgres)")
 DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+if os.environ.get("HIL_TEST_DATABASE"):  # lets test sessions run side by side on one server
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["HIL_TEST_DATABASE"]}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

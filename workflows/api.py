@@ -1,6 +1,6 @@
 import json
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -100,10 +100,10 @@ async def event_stream(run: Run, after: int, heartbeat_s: float = 15):
     pubsub = await doorbell_subscribe(run.tenant_id, run.id)
     try:
         while True:
-            for envelope in await sync_to_async(events_after)(run, after):
+            for envelope in await database_sync_to_async(events_after)(run, after):
                 after = envelope["seq"]
                 yield f"id: {after}\nevent: {envelope['type']}\ndata: {json.dumps(envelope)}\n\n"
-            if await sync_to_async(_run_over)(run.id, after):
+            if await database_sync_to_async(_run_over)(run.id, after):
                 return
             if await pubsub.get_message(ignore_subscribe_messages=True, timeout=heartbeat_s) is None:
                 yield ": keep-alive\n\n"
