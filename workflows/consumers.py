@@ -53,6 +53,13 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json(envelope)
                 self.sent = envelope["seq"]
 
+    @classmethod
+    async def decode_json(cls, text_data):
+        try:
+            return await super().decode_json(text_data)
+        except ValueError:
+            return None  # answered in receive_json like any other bad message
+
     async def receive_json(self, content, **kwargs):
         after = content.get("after") if isinstance(content, dict) else None
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:

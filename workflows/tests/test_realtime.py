@@ -66,6 +66,8 @@ async def test_a_client_resumes_after_the_last_seq_it_saw(setup, drive):
     assert [(await ws.receive_json_from(timeout=5))["seq"] for _ in range(4)] == [2, 3, 4, 5]
     await ws.send_json_to({"after": "x"})
     assert "error" in await ws.receive_json_from(timeout=5)
+    await ws.send_to(text_data="not json")
+    assert "error" in await ws.receive_json_from(timeout=5)
     assert await ws.receive_nothing(timeout=0.3)
     await ws.disconnect()
 
