@@ -122,6 +122,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "ConversationStatus": "workflows.models.Conversation.Status",
+        "RunStatus": "workflows.models.Run.Status",
+        "ApprovalStatus": "approvals.models.ApprovalRequest.Status",
+        "HandoverStatus": "approvals.models.HandoverTicket.Status",
+    },
 }
 
 # Celery: one broker (Redis); the database is the source of truth for every run.
