@@ -1,10 +1,12 @@
 from rest_framework import serializers
 
+from hil_project.api import StrictCharField, has_nul
+
 from .models import ApprovalRequest, HandoverTicket
 
 
 class ApprovalSerializer(serializers.ModelSerializer):
-    decided_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    decided_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = ApprovalRequest
@@ -15,7 +17,12 @@ class ApprovalSerializer(serializers.ModelSerializer):
 class DecisionSerializer(serializers.Serializer):
     decision = serializers.ChoiceField(choices=["approve", "reject", "edit"])
     payload = serializers.DictField(required=False, help_text="The edited payload; only with decision 'edit'.")
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    comment = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
+
+    def validate_payload(self, value):
+        if has_nul(value):
+            raise serializers.ValidationError("NUL characters (\\u0000) are not allowed.")
+        return value
 
 
 class StatusQuerySerializer(serializers.Serializer):
@@ -25,7 +32,7 @@ class StatusQuerySerializer(serializers.Serializer):
 
 
 class HandoverTicketSerializer(serializers.ModelSerializer):
-    assignee = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    assignee = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = HandoverTicket
@@ -34,4 +41,4 @@ class HandoverTicketSerializer(serializers.ModelSerializer):
 
 
 class ReplySerializer(serializers.Serializer):
-    text = serializers.CharField(max_length=20_000)
+    text = StrictCharField(max_length=20_000)

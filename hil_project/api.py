@@ -1,5 +1,7 @@
 """API plumbing shared by the apps: the error format and service errors as HTTP answers."""
 
+from rest_framework import serializers
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -18,3 +20,29 @@ class TenantScopedMixin:
 
     def tenant_queryset(self, queryset):
         return queryset.filter(tenant_id=self.request.auth.tenant_id)
+
+
+class Pagination(LimitOffsetPagination):
+    max_limit = 500
+    max_offset = 2**31
+
+    def get_offset(self, request):
+        return min(super().get_offset(request), self.max_offset)
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that takes only strings: 5 is not the text "5"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def has_nul(value) -> bool:
+    """True if a JSON value holds a NUL character anywhere, which Postgres cannot store."""
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    return isinstance(value, str) and "\x00" in value

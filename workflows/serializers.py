@@ -1,5 +1,7 @@
 from rest_framework import serializers
 
+from hil_project.api import StrictCharField
+
 from .models import Conversation, Message, Run, RunEvent, Step
 
 
@@ -16,8 +18,8 @@ class ConversationSerializer(serializers.ModelSerializer):
 
 
 class MessageCreateSerializer(serializers.Serializer):
-    text = serializers.CharField(max_length=20_000, trim_whitespace=False)
-    turn_id = serializers.CharField(max_length=100, help_text="Your id for this turn; a retry with the same id is safe.")
+    text = StrictCharField(max_length=20_000, trim_whitespace=False)
+    turn_id = StrictCharField(max_length=100, help_text="Your id for this turn; a retry with the same id is safe.")
 
     def validate_text(self, value):
         if not value.strip():
@@ -26,7 +28,7 @@ class MessageCreateSerializer(serializers.Serializer):
 
 
 class MessageSerializer(serializers.ModelSerializer):
-    author = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    author = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = Message

@@ -27,6 +27,7 @@ from jmespath.exceptions import JMESPathError
 FINISH = "FINISH"
 HANDOVER = "HANDOVER"
 SINKS = (FINISH, HANDOVER)
+RESERVED = (*SINKS, "input")  # `input` is the run state's key for the message
 DEFAULT_LIMITS = {"timeout_ms": 30_000, "max_retries": 2, "backoff": 200, "max_cost": None}
 
 _ID = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 64}
@@ -115,8 +116,8 @@ def validate(data) -> list[str]:
     nodes = {}
     for node in data["nodes"]:
         nid = node["id"]
-        if nid in SINKS:
-            errors.append(f"node '{nid}': {nid} is a sink and cannot be a node id")
+        if nid in RESERVED:
+            errors.append(f"node '{nid}': '{nid}' is reserved and cannot be a node id")
         elif nid in nodes:
             errors.append(f"node '{nid}': duplicate id")
         nodes[nid] = node
@@ -128,9 +129,7 @@ def validate(data) -> list[str]:
         else:
             if "agent" in node:
                 errors.append(f"node '{nid}': an approval node has no agent")
-            expr = node.get("config", {}).get("payload")
-            if expr is not None:
-                errors += _expression_errors(f"node '{nid}': payload", expr)
+            errors += _approval_config_errors(nid, node.get("config", {}))
     if data["entry"] not in nodes:
         errors.append(f"entry '{data['entry']}' is not a node")
 
@@ -172,6 +171,35 @@ def validate(data) -> list[str]:
         errors.append("cycle: " + " → ".join(cycle))
     else:
         errors += [f"node '{nid}': no way to a sink" for nid in nodes if not _reach(nid, successors) & set(SINKS)]
+    return errors
+
+
+APPROVAL_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "title": {"type": "string", "maxLength": 200},
+        "payload": {"type": "string"},
+        "schema": {"type": "object"},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+
+
+def _approval_config_errors(nid: str, config: dict) -> list[str]:
+    errors = [
+        f"node '{nid}': config.{'.'.join(str(p) for p in e.absolute_path) or ''}: {e.message}".replace(".: ", ": ")
+        for e in jsonschema.Draft202012Validator(APPROVAL_CONFIG).iter_errors(config)
+    ]
+    if errors:
+        return errors
+    if "payload" in config:
+        errors += _expression_errors(f"node '{nid}': payload", config["payload"])
+    if "schema" in config:
+        try:
+            jsonschema.Draft202012Validator.check_schema(config["schema"])
+        except jsonschema.SchemaError as e:
+            errors.append(f"node '{nid}': schema is not a valid JSON Schema: {e.message}")
     return errors
 
 
