@@ -72,6 +72,8 @@ TEMPLATES = [
 if not os.environ.get("DATABASE_URL"):
     raise RuntimeError("DATABASE_URL must be set (make run / make test start an embedded Postgres)")
 DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+# Parameters sent apart from the SQL (not quoted into it in Python), and repeated statements prepared.
+DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
 if os.environ.get("HIL_TEST_DATABASE"):  # lets test sessions run side by side on one server
     DATABASES["default"]["TEST"] = {"NAME": os.environ["HIL_TEST_DATABASE"]}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -142,6 +144,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Keep each worker's database connection between tasks (Celery closes it after every task
+# otherwise); hil_project/celery.py still drops connections that broke or outlived CONN_MAX_AGE.
+CELERY_DB_REUSE_MAX = 1000
 
 # The engine: a worker's lease on a run outlives the step it runs by this margin;
 # the sweeper re-enqueues runs whose lease expired (their worker died).

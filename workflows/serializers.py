@@ -2,7 +2,7 @@ from rest_framework import serializers
 
 from hil_project.api import StrictCharField
 
-from .models import Conversation, Message, Run, RunEvent, Step
+from .models import Conversation, Message, Run, Step
 
 
 class ConversationCreateSerializer(serializers.Serializer):

@@ -4,7 +4,7 @@ from django.utils import timezone
 from accounts.models import Tenant
 
 from . import spec as workflow_spec
-from .engine import run_enqueue
+from .engine import run_enqueue, version_get
 from .events import events_append
 from .models import Conversation, Message, Run, Workflow, WorkflowVersion
 
@@ -72,15 +72,16 @@ def message_post(*, conversation: Conversation, text: str, turn_id: str) -> tupl
     (conversation, turn_id) is unique: a retry returns the first message and starts nothing."""
     try:
         with transaction.atomic():
-            conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
+            conversation = (Conversation.objects.select_for_update(of=("self",)).select_related("workflow")
+                            .get(pk=conversation.pk))
             first = Message.objects.filter(conversation=conversation, turn_id=turn_id).select_related("run").first()
             if first is not None:
                 return _same_turn(first, text), False
-            message = Message.objects.create(tenant_id=conversation.tenant_id, conversation=conversation,
-                                             role=Message.Role.USER, text=text, turn_id=turn_id)
+            message = Message(tenant_id=conversation.tenant_id, conversation=conversation, role=Message.Role.USER,
+                              text=text, turn_id=turn_id)
             if conversation.status == Conversation.Status.AI:
                 message.run = run_start(conversation=conversation, message=message)
-                message.save(update_fields=["run"])
+            message.save(force_insert=True)
             return message, True
     except IntegrityError:  # a concurrent post of the same turn won the race
         first = Message.objects.select_related("run").get(conversation=conversation, turn_id=turn_id)
@@ -95,7 +96,7 @@ def _same_turn(first: Message, text: str) -> Message:
 
 def run_start(*, conversation: Conversation, message: Message) -> Run:
     """Create a run of the conversation's live workflow version and enqueue it on commit."""
-    version = WorkflowVersion.objects.get(pk=conversation.workflow.live_version_id)
+    version = version_get(conversation.workflow.live_version_id)
     run = Run.objects.create(
         tenant_id=conversation.tenant_id, conversation=conversation, workflow_version=version,
         current_node=version.entry(), wake_at=timezone.now(),
