@@ -56,7 +56,7 @@ from bench import agents as bench_agents  # noqa: E402
 from hil_project.celery import app as celery_app  # noqa: E402
 from workflows import services  # noqa: E402
 from workflows.events import doorbell_channel  # noqa: E402
-from workflows.models import Conversation, Run, Workflow  # noqa: E402
+from workflows.models import Conversation, Run  # noqa: E402
 
 SPEC = """
 entry: classify
@@ -128,9 +128,7 @@ def workers_stop(workers: list[subprocess.Popen]) -> None:
 
 
 def hil_cleanup() -> None:
-    """Delete the bench tenant and its runs (protected foreign keys: conversations first, then the live version)."""
-    Conversation.objects.filter(tenant__slug=TENANT).delete()
-    Workflow.objects.filter(tenant__slug=TENANT).update(live_version=None)
+    """Delete the bench tenant with everything it has."""
     Tenant.objects.filter(slug=TENANT).delete()
 
 

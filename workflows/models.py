@@ -12,7 +12,7 @@ class Workflow(models.Model):
     slug = models.SlugField()
     name = models.CharField(max_length=200)
     live_version = models.ForeignKey(
-        "WorkflowVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        "WorkflowVersion", null=True, blank=True, on_delete=models.RESTRICT, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -58,7 +58,7 @@ class Conversation(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
-    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="conversations")
+    workflow = models.ForeignKey(Workflow, on_delete=models.RESTRICT, related_name="conversations")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.AI)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -107,7 +107,7 @@ class Run(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
-    workflow_version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="runs")
+    workflow_version = models.ForeignKey(WorkflowVersion, on_delete=models.RESTRICT, related_name="runs")
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
     sink = models.CharField(max_length=8, choices=Sink.choices, blank=True)
     reason = models.TextField(blank=True, help_text="Why the run handed over, when it did.")
