@@ -15,19 +15,11 @@ from accounts.models import Role, Tenant
 from accounts.services import api_token_create, membership_set, user_ensure
 from workflows import engine, services
 from workflows.models import Run
+from workflows.tests.specs import LINEAR
 
 # A queue of this session's own, so that no other worker on the same Redis takes its tasks.
 os.environ["HIL_QUEUE"] = celery_app.conf.task_default_queue = f"hil-test-{uuid.uuid4().hex[:8]}"
 
-LINEAR = """
-entry: a
-nodes:
-  - {id: a, agent: test_echo, config: {output: {x: 1}}}
-  - {id: b, agent: responder, config: {template: "x is {{ a.x }}"}}
-edges:
-  - {from: a, to: b}
-  - {from: b, to: FINISH}
-"""
 
 
 @pytest.fixture

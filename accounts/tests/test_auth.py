@@ -9,6 +9,7 @@ from accounts.models import ApiToken, Membership, Role
 from accounts.services import api_token_create, api_token_revoke, membership_set
 from approvals.models import ApprovalRequest, HandoverTicket
 from workflows.models import Message
+from workflows.tests.specs import HANDS
 
 pytestmark = pytest.mark.django_db
 
@@ -22,13 +23,6 @@ edges:
   - {from: gate, to: FINISH}
 """
 
-HANDS = """
-entry: a
-nodes:
-  - {id: a, agent: test_echo, config: {output: {x: 1}}}
-edges:
-  - {from: a, to: HANDOVER}
-"""
 
 
 @pytest.fixture

@@ -4,16 +4,10 @@ import pytest
 
 from approvals.models import AuditEntry, HandoverTicket
 from workflows.models import Conversation, Message, Run
+from workflows.tests.specs import HANDS
 
 pytestmark = pytest.mark.django_db
 
-HANDS = """
-entry: a
-nodes:
-  - {id: a, agent: test_echo, config: {output: {x: 1}}}
-edges:
-  - {from: a, to: HANDOVER}
-"""
 
 
 @pytest.fixture

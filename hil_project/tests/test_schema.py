@@ -16,6 +16,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from approvals.models import ApprovalRequest, HandoverTicket
 from hil_project import urls
+from workflows.tests.specs import HANDS
 
 GATE = """
 entry: a
@@ -28,13 +29,6 @@ edges:
   - {from: gate, to: FINISH}
 """
 
-HANDS = """
-entry: a
-nodes:
-  - {id: a, agent: test_echo}
-edges:
-  - {from: a, to: HANDOVER}
-"""
 
 
 def path_shape(path: str) -> str:

@@ -7,16 +7,10 @@ import pytest
 from approvals.models import HandoverTicket
 from workflows import services
 from workflows.models import Conversation, Message, Run
+from workflows.tests.specs import HANDS
 
 pytestmark = pytest.mark.django_db
 
-HANDS = """
-entry: a
-nodes:
-  - {id: a, agent: test_echo, config: {output: {x: 1}}}
-edges:
-  - {from: a, to: HANDOVER}
-"""
 
 
 @pytest.fixture
