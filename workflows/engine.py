@@ -12,9 +12,9 @@ import signal
 import threading
 import uuid
 from contextlib import contextmanager
-from functools import lru_cache, partial
 from datetime import timedelta
 from decimal import Decimal
+from functools import lru_cache, partial
 
 from django.conf import settings
 from django.db import connection, transaction
