@@ -156,6 +156,9 @@ class Step(models.Model):
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["run", "node_id", "attempt"], name="step_attempt_unique")]
 
+    def __str__(self):
+        return f"{self.node_id} (attempt {self.attempt})"
+
     def duration_ms(self) -> int:
         return round((self.finished_at - self.started_at).total_seconds() * 1000)
 
@@ -173,6 +176,9 @@ class RunEvent(models.Model):
     class Meta:
         ordering = ["run", "seq"]
         constraints = [models.UniqueConstraint(fields=["run", "seq"], name="event_seq_unique")]
+
+    def __str__(self):
+        return f"#{self.seq} {self.type}"
 
     def envelope(self) -> dict:
         return {
