@@ -1,7 +1,8 @@
 """The WebSocket for one run's events: `/ws/runs/<id>/?after=N`.
 
-Authenticate with `Authorization: Bearer <token>` (or `?token=` where a client cannot set
-headers). The server sends each event envelope after `after`, then each new one as it is
+Authenticate with `Authorization: Bearer <token>`, or, from a browser (which cannot set
+headers on a WebSocket), with the subprotocols `bearer, <token>`: never in the URL, which
+servers log. The server sends each event envelope after `after`, then each new one as it is
 committed. Send `{"after": N}` at any time to be sent everything after N again."""
 
 import asyncio
@@ -20,7 +21,9 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         query = parse_qs(self.scope["query_string"].decode())
         headers = dict(self.scope["headers"])
-        raw = token_from_header(headers.get(b"authorization", b"").decode()) or query.get("token", [None])[0]
+        subprotocols = self.scope.get("subprotocols") or []
+        from_protocol = subprotocols[1] if len(subprotocols) == 2 and subprotocols[0] == "bearer" else None
+        raw = token_from_header(headers.get(b"authorization", b"").decode()) or from_protocol
         self.run = await database_sync_to_async(self._run_for)(raw, self.scope["url_route"]["kwargs"]["run_id"])
         if self.run is None:
             await self.close(code=4404)  # no such run for this token: the same answer as the API's 404
@@ -31,7 +34,7 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
             self.sent = 0
         self.lock = asyncio.Lock()
         self.pubsub = await doorbell_subscribe(self.run.tenant_id, self.run.id)
-        await self.accept()
+        await self.accept(subprotocol="bearer" if from_protocol else None)
         self.listener = asyncio.create_task(self._listen())
         await self._send_new()
 

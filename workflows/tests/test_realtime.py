@@ -72,6 +72,17 @@ async def test_a_client_resumes_after_the_last_seq_it_saw(setup, drive):
     await ws.disconnect()
 
 
+async def test_a_browser_sends_its_token_as_a_subprotocol_not_in_the_url(setup):
+    run, token = setup
+    ws = WebsocketCommunicator(application, f"/ws/runs/{run.id}/", subprotocols=["bearer", token])
+    connected, subprotocol = await ws.connect()
+    assert (connected, subprotocol) == (True, "bearer")
+    assert (await ws.receive_json_from(timeout=5))["type"] == "run.queued"
+    await ws.disconnect()
+    ws = WebsocketCommunicator(application, f"/ws/runs/{run.id}/?token={token}")
+    assert await ws.connect() == (False, 4404)
+
+
 async def test_a_socket_cannot_open_another_tenants_run_or_without_a_token(setup, other_tenant, member):
     run, _ = setup
     _, stranger = await sync_to_async(member)(other_tenant)
