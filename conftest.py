@@ -8,11 +8,10 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
-from hil_project.celery import app as celery_app
-
 import workflows.tests.agents  # noqa: F401  (registers the test agents in this process)
 from accounts.models import Role, Tenant
 from accounts.services import api_token_create, membership_set, user_ensure
+from hil_project.celery import app as celery_app
 from workflows import engine, services
 from workflows.models import Run
 from workflows.tests.specs import LINEAR

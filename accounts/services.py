@@ -2,7 +2,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from .models import ApiToken, Membership, Role, Tenant, token_hash
+from .models import ApiToken, Membership, Tenant, token_hash
 
 
 @transaction.atomic
@@ -33,5 +33,3 @@ def user_ensure(*, username: str, password: str | None = None, **fields):
         user.save(update_fields=["password"])
     return user
 
-
-__all__ = ["Role", "Tenant", "api_token_create", "api_token_revoke", "membership_set", "user_ensure"]

@@ -30,7 +30,6 @@ class StatusFilteredListApi(TenantScopedMixin, generics.ListAPIView):
         return queryset.order_by("created_at")
 
 
-
 @extend_schema(parameters=[OpenApiParameter("status", str, enum=ApprovalRequest.Status.values)])
 class ApprovalListApi(StatusFilteredListApi):
     model = ApprovalRequest

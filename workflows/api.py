@@ -26,6 +26,7 @@ from .serializers import (
 
 AFTER = OpenApiParameter("after", int, description="Only events with a greater seq.")
 
+
 class ConversationListApi(TenantScopedMixin, generics.ListAPIView):
     serializer_class = ConversationSerializer
 
@@ -39,11 +40,13 @@ class ConversationListApi(TenantScopedMixin, generics.ListAPIView):
         conversation = services.conversation_start(tenant=request.auth.tenant, workflow_slug=body.validated_data["workflow"])
         return Response(ConversationSerializer(conversation).data, status=status.HTTP_201_CREATED)
 
+
 class ConversationDetailApi(TenantScopedMixin, generics.RetrieveAPIView):
     serializer_class = ConversationSerializer
 
     def get_queryset(self):
         return self.tenant_queryset(Conversation.objects.select_related("workflow"))
+
 
 class MessageListApi(TenantScopedMixin, generics.ListAPIView):
     """The conversation's history: user messages, AI replies and human replies, oldest first."""
@@ -66,11 +69,13 @@ class MessageListApi(TenantScopedMixin, generics.ListAPIView):
         data = MessagePostedSerializer({"message": message, "run": message.run}).data
         return Response(data, status=status.HTTP_202_ACCEPTED)
 
+
 class RunDetailApi(TenantScopedMixin, generics.RetrieveAPIView):
     serializer_class = RunSerializer
 
     def get_queryset(self):
         return self.tenant_queryset(Run.objects.select_related("workflow_version__workflow").prefetch_related("steps"))
+
 
 class RunEventListApi(TenantScopedMixin, APIView):
     @extend_schema(parameters=[AFTER], responses={200: RunEventSerializer(many=True)})
@@ -79,6 +84,7 @@ class RunEventListApi(TenantScopedMixin, APIView):
         query = EventsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         return Response(events_after(run, query.validated_data["after"]))
+
 
 class RunEventStreamApi(TenantScopedMixin, APIView):
     """Server-sent events: the run's events after `after`, then each new one as it is committed.
@@ -95,8 +101,8 @@ class RunEventStreamApi(TenantScopedMixin, APIView):
         response["X-Accel-Buffering"] = "no"
         return response
 
-async def event_stream(run: Run, after: int, heartbeat_s: float = 15):
 
+async def event_stream(run: Run, after: int, heartbeat_s: float = 15):
     pubsub = await doorbell_subscribe(run.tenant_id, run.id)
     try:
         while True:
@@ -109,6 +115,7 @@ async def event_stream(run: Run, after: int, heartbeat_s: float = 15):
                 yield ": keep-alive\n\n"
     finally:
         await pubsub.aclose()
+
 
 def _run_over(run_id, seen: int) -> bool:
     """True when the run is done and every event it will ever have was seen (a handover's later

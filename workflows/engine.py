@@ -108,7 +108,7 @@ def _run_commit(run: Run, *, lease: str | None = None, where: tuple[str, list] |
         found = cursor.fetchone()
         if found is None:
             return None
-        returned = dict(zip((c.name for c in cursor.description), found))
+        returned = dict(zip((c.name for c in cursor.description), found, strict=True))
     run_fields = Run._meta.concrete_fields
     updated = Run.from_db(connection.alias, [f.attname for f in run_fields], [
         f.from_db_value(returned[f.column], None, connection) if hasattr(f, "from_db_value") else returned[f.column]
