@@ -17,6 +17,7 @@ from decimal import Decimal
 from functools import lru_cache, partial
 
 from django.conf import settings
+from kombu.exceptions import OperationalError
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -43,10 +44,17 @@ class LeaseLost(Exception):
 
 
 def run_enqueue(run: Run, countdown_s: float = 0) -> None:
+    """Queue the run after commit. If the broker is down the run stays queued in the database and
+    the sweeper queues it again: what was committed is not lost, and the caller sees no error."""
     from .tasks import run_execute_task
 
-    run_id = str(run.id)
-    transaction.on_commit(lambda: run_execute_task.apply_async((run_id,), countdown=countdown_s or None))
+    def send(run_id=str(run.id)):
+        try:
+            run_execute_task.apply_async((run_id,), countdown=countdown_s or None, retry=False)
+        except OperationalError as e:
+            log.warning("run %s not queued (%s); the sweeper will queue it", run_id, e)
+
+    transaction.on_commit(send)
 
 
 @lru_cache(maxsize=256)

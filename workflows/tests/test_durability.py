@@ -1,10 +1,13 @@
 """Nothing lost, nothing twice: real worker processes, killed, duplicated, raced."""
 
 import threading
+from datetime import timedelta
 
 import pytest
+from kombu import pools as kombu_pools
 
 from approvals.models import ApprovalRequest
+from hil_project.celery import app as celery_app
 from tools.models import ToolCall
 from workflows.models import Message, Run, RunEvent, Step
 from workflows.tasks import run_execute_task
@@ -134,3 +137,31 @@ def test_an_approval_decided_concurrently_resumes_the_run_once(tenant, converse,
     assert RunEvent.objects.filter(run=run, type="run.resumed").count() == 1
     assert RunEvent.objects.filter(run=run, type="approval.decided").count() == 1
     assert_each_step_once(run)
+
+
+def broker_to(url):
+    """Send this process's tasks to `url` from now on (Celery and kombu cache their connections)."""
+    kombu_pools.reset()
+    celery_app._pool = celery_app.amqp._producer_pool = None
+    celery_app.conf.broker_url = url
+
+
+def test_a_message_posted_while_the_broker_is_down_is_kept_and_its_run_swept_later(
+        tenant, api, publish, start_worker, wait):
+    publish(tenant)
+    conversation_id = api.post("/api/v1/conversations/", {"workflow": "wf"}, format="json").json()["id"]
+    broker_url = celery_app.conf.broker_url
+    broker_to("redis://127.0.0.1:1/0")  # nothing listens there
+    try:
+        response = api.post(f"/api/v1/conversations/{conversation_id}/messages/", {"text": "hi", "turn_id": "t"},
+                            format="json")
+    finally:
+        broker_to(broker_url)
+    assert response.status_code == 202
+    run = Run.objects.get(id=response.json()["run"]["id"])
+    assert run.status == Run.Status.QUEUED
+    Run.objects.filter(id=run.id).update(wake_at=run.wake_at - timedelta(minutes=5))  # long since due
+
+    start_worker()  # its sweeper finds the run that no message announced
+    run = wait(lambda: Run.objects.filter(id=run.id, status=Run.Status.DONE).first(), what="the run")
+    assert Message.objects.get(run=run, role="ai").text == "x is 1"
