@@ -71,7 +71,8 @@ TEMPLATES = [
 
 if not os.environ.get("DATABASE_URL"):
     raise RuntimeError("DATABASE_URL must be set (make run / make test start an embedded Postgres)")
-DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+# Connections are kept for a minute and checked before reuse (a Postgres restart breaks them).
+DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True)}
 # Parameters sent apart from the SQL (not quoted into it in Python), and repeated statements prepared.
 DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
 if os.environ.get("HIL_TEST_DATABASE"):  # lets test sessions run side by side on one server
