@@ -3,7 +3,6 @@ import secrets
 
 from django.conf import settings
 from django.db import models
-from django.utils import timezone
 
 
 class Tenant(models.Model):
@@ -69,9 +68,3 @@ class ApiToken(models.Model):
     @staticmethod
     def generate_key() -> str:
         return "hil_" + secrets.token_urlsafe(32)
-
-    def is_live(self) -> bool:
-        return self.revoked_at is None
-
-    def revoke(self):
-        self.revoked_at = timezone.now()

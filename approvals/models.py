@@ -3,7 +3,6 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
-from django.utils import timezone
 
 
 class ApprovalRequest(models.Model):
@@ -36,9 +35,6 @@ class ApprovalRequest(models.Model):
 
     def __str__(self):
         return f"{self.title} ({self.status})"
-
-    def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()
 
 
 class HandoverTicket(models.Model):
