@@ -18,15 +18,15 @@ from functools import lru_cache, partial
 
 from django.conf import settings
 from kombu.exceptions import OperationalError
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from agents import registry
 
 from . import spec as workflow_spec
-from .events import doorbell_ring, events_append
-from .models import Message, Run, RunEvent, Step, WorkflowVersion
+from .events import run_commit
+from .models import Message, Run, Step, WorkflowVersion
 
 log = logging.getLogger(__name__)
 
@@ -74,55 +74,13 @@ def run_claim(run_id) -> tuple[Run, str] | None:
     due = ("(status = %s AND (wake_at IS NULL OR wake_at <= %s) OR status = %s AND lease_expires_at < %s)",
            [Run.Status.QUEUED, now, Run.Status.RUNNING, now])
     started = {"node": seen["current_node"], "attempt": seen["attempt"], "resumed": seen["started_at"] is not None}
-    run = _run_commit(
+    run = run_commit(
         Run(id=run_id, tenant_id=seen["tenant_id"]), where=due,
         fields={"status": Run.Status.RUNNING, "lease_owner": lease, "wake_at": None, "started_at": seen["started_at"] or now,
                 "lease_expires_at": now + _lease_span(version_get(seen["workflow_version_id"]).spec, seen["current_node"])},
         events=[("run.started", started)],
     )
     return (run, lease) if run is not None else None
-
-
-def _run_commit(run: Run, *, lease: str | None = None, where: tuple[str, list] | None = None, fields: dict,
-                events: list[tuple[str, dict]], rows: tuple = ()) -> Run | None:
-    """Update the run, insert `rows` and append `events` in one statement (atomic on its own), only if
-    the run is still this worker's (`lease`) or matches `where`. Returns the updated run, or None.
-
-    This is the engine's hot path: one round trip per step instead of a transaction of six."""
-    if where is None:
-        where = ("status = %s AND lease_owner = %s", [Run.Status.RUNNING, lease])
-    sets, params = [], []
-    for name, value in fields.items():
-        field = Run._meta.get_field(name)
-        sets.append(f"{field.column} = %s")
-        params.append(field.get_db_prep_save(value, connection))
-    sets.append(f"last_seq = last_seq + {len(events)}")
-    sql = [f"WITH r AS (UPDATE {Run._meta.db_table} SET {', '.join(sets)} WHERE id = %s AND ({where[0]}) RETURNING *)"]
-    params += [run.id, *where[1]]
-    now = timezone.now()
-    for i, row in enumerate((*[RunEvent(tenant_id=run.tenant_id, run_id=run.id, seq=0, type=type_, data=data, ts=now)
-                               for type_, data in events], *rows)):
-        columns = [f for f in row._meta.concrete_fields if not f.primary_key or f.name == "id" and row.pk]
-        values = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in columns]
-        placeholders = ["%s"] * len(columns)
-        if isinstance(row, RunEvent):  # numbered after the run's last event, in order
-            placeholders[columns.index(RunEvent._meta.get_field("seq"))] = f"r.last_seq - {len(events) - 1 - i}"
-            values.pop(columns.index(RunEvent._meta.get_field("seq")))
-        sql.append(f", i{i} AS (INSERT INTO {row._meta.db_table} ({', '.join(f.column for f in columns)})"
-                   f" SELECT {', '.join(placeholders)} FROM r)")
-        params += values
-    with connection.cursor() as cursor:
-        cursor.execute(" ".join(sql) + " SELECT * FROM r", params)
-        found = cursor.fetchone()
-        if found is None:
-            return None
-        returned = dict(zip((c.name for c in cursor.description), found, strict=True))
-    run_fields = Run._meta.concrete_fields
-    updated = Run.from_db(connection.alias, [f.attname for f in run_fields], [
-        f.from_db_value(returned[f.column], None, connection) if hasattr(f, "from_db_value") else returned[f.column]
-        for f in run_fields])
-    transaction.on_commit(lambda: doorbell_ring(updated.tenant_id, updated.id, updated.last_seq))
-    return updated
 
 
 def run_execute(*, run_id) -> None:
@@ -156,7 +114,7 @@ def _lease_span(spec: dict, node_id: str) -> timedelta:
 
 def _commit(run: Run, lease: str, *, events: list[tuple[str, dict]], rows: tuple = (), **fields) -> Run:
     """Commit fields, rows and events of a run this worker holds; LeaseLost if it no longer does."""
-    updated = _run_commit(run, lease=lease, fields=fields, events=events, rows=rows)
+    updated = run_commit(run, lease=lease, fields=fields, events=events, rows=rows)
     if updated is None:
         raise LeaseLost
     return updated
@@ -241,10 +199,9 @@ def run_resume(*, run: Run, node_id: str, output: dict) -> bool:
     if run.status != Run.Status.WAITING or run.current_node != node_id:
         return False
     state = {**run.state, node_id: output}
-    run.current_node = workflow_spec.next_node(version_get(run.workflow_version_id).spec, node_id, state)
-    run.state, run.status, run.attempt, run.wake_at = state, Run.Status.QUEUED, 1, timezone.now()
-    run.save(update_fields=["state", "current_node", "status", "attempt", "wake_at"])
-    events_append(run, ("run.resumed", {"node": node_id, "next": run.current_node}))
+    next_id = workflow_spec.next_node(version_get(run.workflow_version_id).spec, node_id, state)
+    run = run_commit(run, where=("TRUE", []), events=[("run.resumed", {"node": node_id, "next": next_id})], fields={
+        "state": state, "current_node": next_id, "status": Run.Status.QUEUED, "attempt": 1, "wake_at": timezone.now()})
     run_enqueue(run)
     return True
 
@@ -305,6 +262,8 @@ def runs_sweep(*, limit: int = 500) -> dict:
     """Re-enqueue runs whose worker died or whose message was lost; expire approvals."""
     from approvals.services import approvals_expire
 
+    from .tasks import run_execute_task
+
     now = timezone.now()
     stale = now - timedelta(seconds=settings.HIL_LEASE_MARGIN_S)
     run_ids = list(
@@ -312,8 +271,6 @@ def runs_sweep(*, limit: int = 500) -> dict:
             Q(status=Run.Status.RUNNING, lease_expires_at__lt=now) | Q(status=Run.Status.QUEUED, wake_at__lt=stale)
         ).values_list("id", flat=True)[:limit]
     )
-    from .tasks import run_execute_task
-
     for run_id in run_ids:
         run_execute_task.delay(str(run_id))
     return {"requeued": len(run_ids), "expired": approvals_expire(limit=limit)}

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from .models import RunEvent
+from .models import Run, RunEvent
 
 log = logging.getLogger(__name__)
 _client: redis.Redis | None = None
@@ -20,25 +20,53 @@ def doorbell_channel(tenant_id: int, run_id) -> str:
     return f"hil:t{tenant_id}:run:{run_id}"
 
 
-def events_append(run, *events: tuple[str, dict]) -> list[RunEvent]:
+def events_append(run, *events: tuple[str, dict]) -> None:
     """Append events to `run` in the caller's transaction, numbered after its last one."""
     assert connection.in_atomic_block, "events are appended inside the transaction that caused them"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE workflows_run SET last_seq = last_seq + %s WHERE id = %s RETURNING last_seq",
-            [len(events), run.id],
-        )
-        last = cursor.fetchone()[0]
+    run.last_seq = run_commit(run, where=("TRUE", []), fields={}, events=list(events)).last_seq
+
+
+def run_commit(run: Run, *, lease: str | None = None, where: tuple[str, list] | None = None, fields: dict,
+                events: list[tuple[str, dict]], rows: tuple = ()) -> Run | None:
+    """Update the run, insert `rows` and append `events` numbered after its last one, in one statement
+    (atomic on its own), only if the run is still held under `lease` or matches `where`. Returns the
+    updated run, or None. The doorbell rings after commit.
+
+    Every run event is written here. It is the engine's hot path: one round trip per step."""
+    if where is None:
+        where = ("status = %s AND lease_owner = %s", [Run.Status.RUNNING, lease])
+    sets, params = [], []
+    for name, value in fields.items():
+        field = Run._meta.get_field(name)
+        sets.append(f"{field.column} = %s")
+        params.append(field.get_db_prep_save(value, connection))
+    sets.append(f"last_seq = last_seq + {len(events)}")
+    sql = [f"WITH r AS (UPDATE {Run._meta.db_table} SET {', '.join(sets)} WHERE id = %s AND ({where[0]}) RETURNING *)"]
+    params += [run.id, *where[1]]
     now = timezone.now()
-    first = last - len(events) + 1
-    rows = RunEvent.objects.bulk_create(
-        RunEvent(tenant_id=run.tenant_id, run_id=run.id, seq=first + i, type=type_, data=data, ts=now)
-        for i, (type_, data) in enumerate(events)
-    )
-    run.last_seq = last
-    tenant_id, run_id = run.tenant_id, run.id
-    transaction.on_commit(lambda: doorbell_ring(tenant_id, run_id, last))
-    return rows
+    for i, row in enumerate((*[RunEvent(tenant_id=run.tenant_id, run_id=run.id, seq=0, type=type_, data=data, ts=now)
+                               for type_, data in events], *rows)):
+        columns = [f for f in row._meta.concrete_fields if not f.primary_key or f.name == "id" and row.pk]
+        values = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in columns]
+        placeholders = ["%s"] * len(columns)
+        if isinstance(row, RunEvent):  # numbered after the run's last event, in order
+            placeholders[columns.index(RunEvent._meta.get_field("seq"))] = f"r.last_seq - {len(events) - 1 - i}"
+            values.pop(columns.index(RunEvent._meta.get_field("seq")))
+        sql.append(f", i{i} AS (INSERT INTO {row._meta.db_table} ({', '.join(f.column for f in columns)})"
+                   f" SELECT {', '.join(placeholders)} FROM r)")
+        params += values
+    with connection.cursor() as cursor:
+        cursor.execute(" ".join(sql) + " SELECT * FROM r", params)
+        found = cursor.fetchone()
+        if found is None:
+            return None
+        returned = dict(zip((c.name for c in cursor.description), found, strict=True))
+    run_fields = Run._meta.concrete_fields
+    updated = Run.from_db(connection.alias, [f.attname for f in run_fields], [
+        f.from_db_value(returned[f.column], None, connection) if hasattr(f, "from_db_value") else returned[f.column]
+        for f in run_fields])
+    transaction.on_commit(lambda: doorbell_ring(updated.tenant_id, updated.id, updated.last_seq))
+    return updated
 
 
 def doorbell_ring(tenant_id: int, run_id, seq: int) -> None:
