@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from workflows import spec as workflow_spec
 from workflows.events import events_append
+from workflows.models import Conversation, Message
 from workflows.services import ServiceError
 
 from .models import ApprovalRequest, AuditEntry, HandoverTicket
@@ -59,16 +60,16 @@ def approval_decide(*, approval: ApprovalRequest, decision: str, actor=None, pay
     approval.status, approval.decided_payload, approval.comment = DECISIONS[decision], decided_payload, comment
     approval.decided_by, approval.decided_at = actor, timezone.now()
     approval.save()
-    run = approval.run
+    run, by = approval.run, actor.get_username() if actor else None
     events_append(run, ("approval.decided", {"approval": str(approval.id), "node": approval.node_id,
                                              "decision": decision, "payload": decided_payload, "comment": comment,
-                                             "by": actor.get_username() if actor else None}))
+                                             "by": by}))
     if actor is not None:
         audit_record(tenant_id=approval.tenant_id, actor=actor, action=f"approval.{decision}", obj=approval,
                      old={"status": "pending", "payload": approval.payload},
                      new={"status": approval.status, "payload": decided_payload, "comment": comment})
     output = {"decision": decision, "approved": decision in ("approve", "edit"), "payload": decided_payload,
-              "comment": comment, "by": actor.get_username() if actor else None}
+              "comment": comment, "by": by}
     run_resume(run=run, node_id=approval.node_id, output=output)
     return approval
 
@@ -88,25 +89,25 @@ def approvals_expire(*, limit: int = 500) -> int:
 
 def handover_open(*, run, reason: str) -> HandoverTicket:
     """Open a ticket with the case file a human needs; the conversation waits for a human."""
-    from workflows.models import Conversation
+    ticket = HandoverTicket.objects.filter(conversation_id=run.conversation_id).exclude(
+        status=HandoverTicket.Status.CLOSED).first()
+    if ticket is None:
+        ticket = HandoverTicket.objects.create(tenant_id=run.tenant_id, conversation_id=run.conversation_id,
+                                               run=run, reason=reason, case_file=_case_file(run, reason))
+    Conversation.objects.filter(pk=run.conversation_id).update(status=Conversation.Status.AWAITING_HUMAN)
+    events_append(run, ("handover.opened", {"ticket": str(ticket.id), "reason": reason}))
+    return ticket
 
-    state = run.state
-    facts = {node: output for node, output in state.items() if node != "input"}
-    case_file = {
-        "goal": state.get("input", {}).get("text", ""),
+
+def _case_file(run, reason: str) -> dict:
+    facts = {node: output for node, output in run.state.items() if node != "input"}
+    return {
+        "goal": run.state.get("input", {}).get("text", ""),
         "facts": facts,
         "tool_calls": list(run.tool_calls.values("tool", "args", "result", "idempotency_key")),
         "promises": [output["reply"] for output in facts.values() if isinstance(output, dict) and "reply" in output],
         "reason": reason,
     }
-    ticket = HandoverTicket.objects.filter(conversation_id=run.conversation_id).exclude(
-        status=HandoverTicket.Status.CLOSED).first()
-    if ticket is None:
-        ticket = HandoverTicket.objects.create(tenant_id=run.tenant_id, conversation_id=run.conversation_id,
-                                               run=run, reason=reason, case_file=case_file)
-    Conversation.objects.filter(pk=run.conversation_id).update(status=Conversation.Status.AWAITING_HUMAN)
-    events_append(run, ("handover.opened", {"ticket": str(ticket.id), "reason": reason}))
-    return ticket
 
 
 def _ticket_locked(ticket: HandoverTicket) -> HandoverTicket:
@@ -120,8 +121,6 @@ def _ticket_event(ticket: HandoverTicket, type_: str, data: dict) -> None:
 
 @transaction.atomic
 def ticket_claim(*, ticket: HandoverTicket, actor) -> HandoverTicket:
-    from workflows.models import Conversation
-
     ticket = _ticket_locked(ticket)
     if ticket.status != HandoverTicket.Status.OPEN:
         holder = ticket.assignee.get_username() if ticket.assignee else "nobody"
@@ -137,8 +136,6 @@ def ticket_claim(*, ticket: HandoverTicket, actor) -> HandoverTicket:
 
 @transaction.atomic
 def ticket_reply(*, ticket: HandoverTicket, actor, text: str):
-    from workflows.models import Message
-
     ticket = _ticket_locked(ticket)
     _ticket_held_by(ticket, actor)
     message = Message.objects.create(tenant_id=ticket.tenant_id, conversation_id=ticket.conversation_id,
@@ -149,8 +146,6 @@ def ticket_reply(*, ticket: HandoverTicket, actor, text: str):
 
 @transaction.atomic
 def ticket_return_to_ai(*, ticket: HandoverTicket, actor) -> HandoverTicket:
-    from workflows.models import Conversation
-
     ticket = _ticket_locked(ticket)
     _ticket_held_by(ticket, actor)
     ticket.status, ticket.closed_at = HandoverTicket.Status.CLOSED, timezone.now()

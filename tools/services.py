@@ -1,7 +1,5 @@
 from typing import Callable
 
-from django.db import transaction
-
 from .models import ToolCall
 
 
@@ -10,12 +8,8 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict], dict]) 
 
     The ledger row and the effect share one transaction when the effect is in our database;
     an external tool must be given `ctx.idempotency_key` so that it deduplicates too."""
-    done = ToolCall.objects.filter(tenant_id=ctx.tenant_id, idempotency_key=ctx.idempotency_key, tool=tool).first()
-    if done is not None:
-        return done.result
-    with transaction.atomic():
-        record, _ = ToolCall.objects.get_or_create(
-            tenant_id=ctx.tenant_id, idempotency_key=ctx.idempotency_key, tool=tool,
-            defaults={"run_id": ctx.run_id, "node_id": ctx.node_id, "args": args, "result": call(args)},
-        )
+    record, _ = ToolCall.objects.get_or_create(  # a callable default is only called when the row is created
+        tenant_id=ctx.tenant_id, idempotency_key=ctx.idempotency_key, tool=tool,
+        defaults={"run_id": ctx.run_id, "node_id": ctx.node_id, "args": args, "result": lambda: call(args)},
+    )
     return record.result

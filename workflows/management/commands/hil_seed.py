@@ -24,8 +24,9 @@ class Command(BaseCommand):
         tenant, _ = Tenant.objects.get_or_create(slug="demo", defaults={"name": "Demo shop"})
         operator = user_ensure(username="operator", password=PASSWORD, is_staff=True, is_superuser=True)
         membership_set(tenant=tenant, user=operator, role=Role.OPERATOR)
-        for name in ("alice", "bob"):
-            membership_set(tenant=tenant, user=user_ensure(username=name, password=PASSWORD), role=Role.AGENT)
+        alice, bob = (user_ensure(username=name, password=PASSWORD) for name in ("alice", "bob"))
+        for agent in (alice, bob):
+            membership_set(tenant=tenant, user=agent, role=Role.AGENT)
 
         workflow = Workflow.objects.filter(tenant=tenant, slug="customer_support").first()
         workflow = workflow or services.workflow_create(tenant=tenant, slug="customer_support", name="Customer support")
@@ -35,14 +36,15 @@ class Command(BaseCommand):
             version = services.workflow_version_create(workflow=workflow, spec_yaml=spec_yaml, actor=operator)
             services.workflow_version_publish(version=version, actor=operator)
 
-        for token in ApiToken.objects.filter(tenant=tenant, name="demo", revoked_at__isnull=True):
-            api_token_revoke(token=token)
-        _, raw = api_token_create(tenant=tenant, user=operator, name="demo")
-        alice_token = ApiToken.objects.filter(tenant=tenant, name="demo-alice", revoked_at__isnull=True).first()
-        if alice_token:
-            api_token_revoke(token=alice_token)
-        _, alice_raw = api_token_create(tenant=tenant, user=user_ensure(username="alice"), name="demo-alice")
-        self.stdout.write(TRY_IT.format(base=base_url, token=raw, alice=alice_raw, password=PASSWORD))
+        self.stdout.write(TRY_IT.format(base=base_url, password=PASSWORD, token=fresh_token(tenant, operator, "demo"),
+                                        alice=fresh_token(tenant, alice, "demo-alice")))
+
+
+def fresh_token(tenant, user, name: str) -> str:
+    """A new token called `name`; the ones an earlier seed printed under that name are revoked."""
+    for token in ApiToken.objects.filter(tenant=tenant, name=name, revoked_at__isnull=True):
+        api_token_revoke(token=token)
+    return api_token_create(tenant=tenant, user=user, name=name)[1]
 
 
 TRY_IT = """
