@@ -104,10 +104,7 @@ def load(text: str) -> dict:
 def validate(data) -> list[str]:
     if not isinstance(data, dict):
         return ["the spec must be a mapping with entry, nodes and edges"]
-    errors = [
-        f"{'.'.join(str(p) for p in e.absolute_path) or 'spec'}: {e.message}"
-        for e in jsonschema.Draft202012Validator(SCHEMA).iter_errors(data)
-    ]
+    errors = _schema_errors(SPEC_VALIDATOR, data, "")
     if errors:
         return errors
     from agents.registry import agent_names
@@ -186,11 +183,18 @@ APPROVAL_CONFIG = {
 }
 
 
+SPEC_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+APPROVAL_CONFIG_VALIDATOR = jsonschema.Draft202012Validator(APPROVAL_CONFIG)
+
+
+def _schema_errors(validator, data, where: str) -> list[str]:
+    """Each error prefixed by where it is: `where` then the path into `data` ('spec' at the top)."""
+    return [f"{'.'.join([where, *map(str, e.absolute_path)]).strip('.') or 'spec'}: {e.message}"
+            for e in validator.iter_errors(data)]
+
+
 def _approval_config_errors(nid: str, config: dict) -> list[str]:
-    errors = [
-        f"node '{nid}': config.{'.'.join(str(p) for p in e.absolute_path) or ''}: {e.message}".replace(".: ", ": ")
-        for e in jsonschema.Draft202012Validator(APPROVAL_CONFIG).iter_errors(config)
-    ]
+    errors = _schema_errors(APPROVAL_CONFIG_VALIDATOR, config, f"node '{nid}': config")
     if errors:
         return errors
     if "payload" in config:
