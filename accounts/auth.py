@@ -5,7 +5,7 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
-from .models import ApiToken, Membership, Role
+from .models import ApiToken, Role
 
 
 def token_from_header(value: str | None) -> str | None:
@@ -22,10 +22,6 @@ def authenticate_key(raw: str):
     token = ApiToken.objects.for_key(raw)
     if token is None:
         return None
-    role = Membership.objects.filter(tenant_id=token.tenant_id, user_id=token.user_id).values_list("role", flat=True).first()
-    if role is None:
-        return None
-    token.role = role
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)

@@ -3,6 +3,7 @@ import secrets
 
 from django.conf import settings
 from django.db import models
+from django.db.models import OuterRef, Subquery
 
 
 class Tenant(models.Model):
@@ -40,10 +41,13 @@ def token_hash(raw: str) -> str:
 
 class ApiTokenManager(models.Manager):
     def for_key(self, raw: str):
-        """The live token for a raw key, with its tenant and user, or None."""
+        """The live token for a raw key, with its tenant, its user and the user's `role` there; or None
+        (also when the user is no longer a member)."""
+        role = Membership.objects.filter(tenant_id=OuterRef("tenant_id"), user_id=OuterRef("user_id")).values("role")
         return (
             self.select_related("tenant", "user")
-            .filter(key_hash=token_hash(raw), revoked_at__isnull=True, user__is_active=True)
+            .annotate(role=Subquery(role[:1]))
+            .filter(key_hash=token_hash(raw), revoked_at__isnull=True, user__is_active=True, role__isnull=False)
             .first()
         )
 
