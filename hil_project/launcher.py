@@ -296,6 +296,7 @@ def main(argv: list[str]) -> int:
         return 2
     command, args = argv[0], argv[1:]
     sys.stdout.reconfigure(line_buffering=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`cmd &`)
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGHUP, _raise_terminated)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hil_project.settings")
