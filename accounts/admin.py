@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import ApiToken, Membership, Tenant
+from .models import ApiToken, AuditEntry, Membership, Tenant
 
 
 class MembershipInline(admin.TabularInline):
@@ -11,7 +11,7 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "created_at"]
+    list_display = ["slug", "name", "approval_timeout_s", "created_at"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
 
@@ -40,3 +40,16 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
         for token in queryset:
             api_token_revoke(token=token)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "actor", "action", "object_type", "object_id"]
+    list_filter = ["tenant", "action"]
+    readonly_fields = [f.name for f in AuditEntry._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

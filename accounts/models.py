@@ -9,6 +9,8 @@ from django.db.models import OuterRef, Subquery
 class Tenant(models.Model):
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=200)
+    approval_timeout_s = models.PositiveIntegerField(
+        default=86_400, help_text="How long an approval waits when its workflow sets no timeout (seconds).")
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self):
@@ -72,3 +74,20 @@ class ApiToken(models.Model):
     @staticmethod
     def generate_key() -> str:
         return "hil_" + secrets.token_urlsafe(32)
+
+
+class AuditEntry(models.Model):
+    """A change a human made: who, what, and the values before and after."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    action = models.CharField(max_length=60)
+    object_type = models.CharField(max_length=60)
+    object_id = models.CharField(max_length=64)
+    old = models.JSONField(null=True, blank=True)
+    new = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "audit entries"

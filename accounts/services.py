@@ -2,7 +2,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from .models import ApiToken, Membership, Tenant, token_hash
+from .models import ApiToken, AuditEntry, Membership, Tenant, token_hash
 
 
 @transaction.atomic
@@ -33,3 +33,9 @@ def user_ensure(*, username: str, password: str | None = None, **fields):
         user.save(update_fields=["password"])
     return user
 
+
+
+def audit_record(*, tenant_id: int, actor, action: str, obj, old=None, new=None) -> AuditEntry:
+    """Record a change a human made; call it inside the transaction that makes the change."""
+    return AuditEntry.objects.create(tenant_id=tenant_id, actor=actor, action=action,
+                                     object_type=obj._meta.label, object_id=str(obj.pk), old=old, new=new)

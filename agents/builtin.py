@@ -7,7 +7,9 @@ from decimal import Decimal
 
 from django.conf import settings
 
-from workflows.spec import evaluate
+from core import deadlines
+from core.expressions import evaluate
+from tools.services import tool_call_once
 
 from .llm import model_for
 from .registry import AgentResult, StepContext, register
@@ -52,6 +54,7 @@ def order_lookup(ctx: StepContext) -> dict:
     if not isinstance(order_id, int):
         return {"found": False, "order_id": None}
     with closing(sqlite3.connect(f"file:{settings.HIL_ORDERS_DB}?mode=ro", uri=True)) as db:
+        db.set_progress_handler(deadlines.expired, 10_000)  # sqlite interrupts the query at the step's deadline
         row = db.execute(
             "SELECT i.InvoiceId, i.InvoiceDate, i.Total, c.FirstName || ' ' || c.LastName, i.BillingCountry"
             " FROM Invoice i JOIN Customer c ON c.CustomerId = i.CustomerId WHERE i.InvoiceId = ?",
@@ -68,10 +71,8 @@ def issue_refund(ctx: StepContext) -> dict:
     """Record a refund in the tool-call ledger, once per idempotency key (the demo has no
     payment provider; a real one would receive the same key). Config: `order_id`, `amount`
     (JMESPath expressions)."""
-    from tools.services import tool_call_once
-
     args = {"order_id": evaluate(ctx.config["order_id"], ctx.state),
             "amount": str(Decimal(str(evaluate(ctx.config["amount"], ctx.state))))}
     result = tool_call_once(ctx=ctx, tool="refunds.issue", args=args,
-                            call=lambda a: {"refund_id": f"rf_{ctx.idempotency_key[:8]}_{a['order_id']}", **a})
+                            call=lambda a, key: {"refund_id": f"rf_{key[:8]}_{a['order_id']}", **a})
     return {"refunded": True, **result}

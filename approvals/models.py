@@ -12,11 +12,18 @@ class ApprovalRequest(models.Model):
         REJECTED = "rejected"
         EDITED = "edited", "approved with edits"
         EXPIRED = "expired"
+        WITHDRAWN = "withdrawn", "withdrawn: the run was cancelled"
+
+    class OnExpiry(models.TextChoices):
+        REJECT = "reject", "decide 'reject'"
+        HANDOVER = "HANDOVER", "hand the conversation over to a human"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
     run = models.ForeignKey("workflows.Run", on_delete=models.CASCADE, related_name="approvals")
     node_id = models.CharField(max_length=64)
+    call_key = models.CharField(max_length=160, blank=True,
+                                help_text="For a tool call that waits inside a node: the call's idempotency key.")
     title = models.CharField(max_length=200)
     payload = models.JSONField(default=dict, blank=True)
     payload_schema = models.JSONField(null=True, blank=True, help_text="JSON Schema an edited payload must meet.")
@@ -25,12 +32,13 @@ class ApprovalRequest(models.Model):
     comment = models.TextField(blank=True)
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     decided_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+    on_expiry = models.CharField(max_length=8, choices=OnExpiry.choices, default=OnExpiry.REJECT)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["created_at"]
-        constraints = [models.UniqueConstraint(fields=["run", "node_id"], name="approval_once_per_node")]
+        constraints = [models.UniqueConstraint(fields=["run", "node_id", "call_key"], name="approval_once_per_request")]
         indexes = [models.Index(fields=["status", "expires_at"], name="approval_expiry_idx")]
 
     def __str__(self):
@@ -62,20 +70,3 @@ class HandoverTicket(models.Model):
                 fields=["conversation"], condition=~Q(status="closed"), name="one_live_ticket_per_conversation"
             )
         ]
-
-
-class AuditEntry(models.Model):
-    """A change a human made: who, what, and the values before and after."""
-
-    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    action = models.CharField(max_length=60)
-    object_type = models.CharField(max_length=60)
-    object_id = models.CharField(max_length=64)
-    old = models.JSONField(null=True, blank=True)
-    new = models.JSONField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        verbose_name_plural = "audit entries"

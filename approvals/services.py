@@ -1,51 +1,47 @@
 from datetime import timedelta
 
 import jsonschema
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from workflows import spec as workflow_spec
+from accounts.models import Tenant
+from accounts.services import audit_record
+from core.errors import Conflict, ServiceError
+from tools.services import tool_call_decide
+from workflows import services as conversations
 from workflows.events import events_append
-from workflows.models import Conversation, Message
-from workflows.services import ServiceError
 
-from .models import ApprovalRequest, AuditEntry, HandoverTicket
+from .models import ApprovalRequest, HandoverTicket
 
 DECISIONS = {"approve": ApprovalRequest.Status.APPROVED, "reject": ApprovalRequest.Status.REJECTED,
              "edit": ApprovalRequest.Status.EDITED, "expire": ApprovalRequest.Status.EXPIRED}
 
 
-def audit_record(*, tenant_id: int, actor, action: str, obj, old=None, new=None) -> AuditEntry:
-    return AuditEntry.objects.create(tenant_id=tenant_id, actor=actor, action=action,
-                                     object_type=obj._meta.label, object_id=str(obj.pk), old=old, new=new)
-
-
-def approval_request(*, run, node: dict) -> ApprovalRequest:
-    """The approval an approval node waits on; the same one again if the node is re-entered."""
-    config = node.get("config", {})
-    payload = workflow_spec.evaluate(config["payload"], run.state) if "payload" in config else {}
-    expires_at = timezone.now() + timedelta(seconds=config["timeout_s"]) if config.get("timeout_s") else None
+def approval_open(*, run, node_id: str, call_key: str, request: dict) -> ApprovalRequest:
+    """The approval a waiting run waits on; the same one again if the run asks again. It expires after
+    the request's `timeout_s`, or the tenant's default, with the request's `on_expiry` outcome."""
+    timeout_s = request.get("timeout_s") or Tenant.objects.values_list("approval_timeout_s", flat=True).get(
+        pk=run.tenant_id)
     approval, created = ApprovalRequest.objects.get_or_create(
-        run=run, node_id=node["id"],
-        defaults={"tenant_id": run.tenant_id, "title": config.get("title", node["id"]),
-                  "payload": payload if isinstance(payload, dict) else {"value": payload},
-                  "payload_schema": config.get("schema"), "expires_at": expires_at},
+        run=run, node_id=node_id, call_key=call_key,
+        defaults={"tenant_id": run.tenant_id, "title": request["title"], "payload": request["payload"],
+                  "payload_schema": request.get("schema"), "expires_at": timezone.now() + timedelta(seconds=timeout_s),
+                  "on_expiry": request.get("on_expiry") or ApprovalRequest.OnExpiry.REJECT},
     )
     if created:
-        events_append(run, ("approval.requested", {"approval": str(approval.id), "node": node["id"],
-                                                   "title": approval.title, "payload": approval.payload}))
+        events_append(run, ("approval.requested", {"approval": str(approval.id), "node": node_id, "call": call_key,
+                                                   "title": approval.title, "payload": approval.payload,
+                                                   "expires_at": approval.expires_at.isoformat()}))
     return approval
 
 
 @transaction.atomic
 def approval_decide(*, approval: ApprovalRequest, decision: str, actor=None, payload: dict | None = None,
                     comment: str = "") -> ApprovalRequest:
-    """Decide once: a second decision, concurrent or late, is refused with 409."""
-    from workflows.engine import run_resume
-
+    """Decide once: a second decision, concurrent or late, is refused with Conflict. The run goes on."""
     approval = ApprovalRequest.objects.select_for_update(of=("self",)).select_related("run").get(pk=approval.pk)
     if approval.status != ApprovalRequest.Status.PENDING:
-        raise ServiceError(f"this approval was already decided ({approval.status})", status=409)
+        raise Conflict(f"this approval was already decided ({approval.status})")
     if decision == "edit":
         if payload is None:
             raise ServiceError("an 'edit' decision needs the edited payload")
@@ -68,35 +64,55 @@ def approval_decide(*, approval: ApprovalRequest, decision: str, actor=None, pay
         audit_record(tenant_id=approval.tenant_id, actor=actor, action=f"approval.{decision}", obj=approval,
                      old={"status": "pending", "payload": approval.payload},
                      new={"status": approval.status, "payload": decided_payload, "comment": comment})
-    output = {"decision": decision, "approved": decision in ("approve", "edit"), "payload": decided_payload,
-              "comment": comment, "by": by}
-    run_resume(run=run, node_id=approval.node_id, output=output)
+    if approval.call_key:  # a call inside a node waited: the node runs again and finds the decision
+        tool_call_decide(run_id=run.id, key=approval.call_key, decision={
+            "decision": decision, "payload": payload, "by": by, "comment": comment})
+    if decision == "expire" and approval.on_expiry == ApprovalRequest.OnExpiry.HANDOVER:
+        conversations.run_resume(run=run, node_id=approval.node_id, handover=f"approval '{approval.title}' expired")
+    elif approval.call_key:
+        conversations.run_resume(run=run, node_id=approval.node_id)
+    else:
+        conversations.run_resume(run=run, node_id=approval.node_id, output={
+            "decision": decision, "approved": decision in ("approve", "edit"), "payload": decided_payload,
+            "comment": comment, "by": by})
     return approval
 
 
 def approvals_expire(*, limit: int = 500) -> int:
-    """Decide 'expire' on pending approvals past their deadline; the run follows its edges on."""
+    """Decide 'expire' on pending approvals past their deadline; each run takes its expiry outcome."""
     due = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING, expires_at__lte=timezone.now())
     expired = 0
     for approval in due[:limit]:
         try:
             approval_decide(approval=approval, decision="expire")
             expired += 1
-        except ServiceError:  # a human decided it first
+        except Conflict:  # a human decided it first
             pass
     return expired
 
 
+def approvals_withdraw(*, run) -> None:
+    ApprovalRequest.objects.filter(run=run, status=ApprovalRequest.Status.PENDING).update(
+        status=ApprovalRequest.Status.WITHDRAWN, decided_at=timezone.now())
+
+
 def handover_open(*, run, reason: str) -> HandoverTicket:
-    """Open a ticket with the case file a human needs; the conversation waits for a human."""
-    ticket = HandoverTicket.objects.filter(conversation_id=run.conversation_id).exclude(
-        status=HandoverTicket.Status.CLOSED).first()
+    """The conversation's live ticket, opened with the case file a human needs if there is none."""
+    ticket = _ticket_live(run.conversation_id)
     if ticket is None:
-        ticket = HandoverTicket.objects.create(tenant_id=run.tenant_id, conversation_id=run.conversation_id,
-                                               run=run, reason=reason, case_file=_case_file(run, reason))
-    Conversation.objects.filter(pk=run.conversation_id).update(status=Conversation.Status.AWAITING_HUMAN)
+        try:
+            with transaction.atomic():
+                ticket = HandoverTicket.objects.create(tenant_id=run.tenant_id, conversation_id=run.conversation_id,
+                                                       run=run, reason=reason, case_file=_case_file(run, reason))
+        except IntegrityError:  # a human took the conversation over at the same moment
+            ticket = _ticket_live(run.conversation_id)
     events_append(run, ("handover.opened", {"ticket": str(ticket.id), "reason": reason}))
     return ticket
+
+
+def _ticket_live(conversation_id) -> HandoverTicket | None:
+    return HandoverTicket.objects.filter(conversation_id=conversation_id).exclude(
+        status=HandoverTicket.Status.CLOSED).first()
 
 
 def _case_file(run, reason: str) -> dict:
@@ -104,13 +120,15 @@ def _case_file(run, reason: str) -> dict:
     return {
         "goal": run.state.get("input", {}).get("text", ""),
         "facts": facts,
-        "tool_calls": list(run.tool_calls.values("tool", "args", "result", "idempotency_key")),
+        "tool_calls": list(run.tool_calls.values("tool", "args", "status", "result", "idempotency_key")),
         "promises": [output["reply"] for output in facts.values() if isinstance(output, dict) and "reply" in output],
         "reason": reason,
     }
 
 
 def _ticket_locked(ticket: HandoverTicket) -> HandoverTicket:
+    """The ticket, locked after its conversation (the order every change of a conversation takes)."""
+    conversations.conversation_lock(conversation_id=ticket.conversation_id)
     return HandoverTicket.objects.select_for_update(of=("self",)).select_related("run", "assignee").get(pk=ticket.pk)
 
 
@@ -124,10 +142,10 @@ def ticket_claim(*, ticket: HandoverTicket, actor) -> HandoverTicket:
     ticket = _ticket_locked(ticket)
     if ticket.status != HandoverTicket.Status.OPEN:
         holder = ticket.assignee.get_username() if ticket.assignee else "nobody"
-        raise ServiceError(f"this ticket is {ticket.status} (by {holder})", status=409)
+        raise Conflict(f"this ticket is {ticket.status} (by {holder})")
     ticket.status, ticket.assignee, ticket.claimed_at = HandoverTicket.Status.CLAIMED, actor, timezone.now()
     ticket.save(update_fields=["status", "assignee", "claimed_at"])
-    Conversation.objects.filter(pk=ticket.conversation_id).update(status=Conversation.Status.HUMAN)
+    conversations.conversation_to_human(conversation_id=ticket.conversation_id)
     audit_record(tenant_id=ticket.tenant_id, actor=actor, action="handover.claim", obj=ticket,
                  old={"status": "open"}, new={"status": "claimed", "assignee": actor.get_username()})
     _ticket_event(ticket, "handover.claimed", {"by": actor.get_username()})
@@ -135,11 +153,33 @@ def ticket_claim(*, ticket: HandoverTicket, actor) -> HandoverTicket:
 
 
 @transaction.atomic
+def conversation_take_over(*, conversation, actor) -> HandoverTicket:
+    """A human takes the conversation over, from the AI too, even in the middle of a turn: a run that
+    finishes after this keeps its reply as a suggestion for them. Returns their claimed ticket."""
+    conversations.conversation_lock(conversation_id=conversation.pk)
+    ticket = _ticket_live(conversation.pk)
+    if ticket is not None and ticket.assignee_id == actor.pk:
+        return ticket
+    if ticket is not None:
+        return ticket_claim(ticket=ticket, actor=actor)
+    run = conversation.runs.order_by("-created_at").first()
+    reason = f"taken over by {actor.get_username()}"
+    ticket = HandoverTicket.objects.create(
+        tenant_id=conversation.tenant_id, conversation=conversation, run=run, reason=reason,
+        case_file=_case_file(run, reason) if run else {"reason": reason}, status=HandoverTicket.Status.CLAIMED,
+        assignee=actor, claimed_at=timezone.now())
+    conversations.conversation_to_human(conversation_id=conversation.pk)
+    audit_record(tenant_id=ticket.tenant_id, actor=actor, action="handover.take_over", obj=ticket,
+                 old={"conversation": conversation.status}, new={"status": "claimed", "assignee": actor.get_username()})
+    _ticket_event(ticket, "handover.claimed", {"by": actor.get_username(), "taken_over": True})
+    return ticket
+
+
+@transaction.atomic
 def ticket_reply(*, ticket: HandoverTicket, actor, text: str):
     ticket = _ticket_locked(ticket)
     _ticket_held_by(ticket, actor)
-    message = Message.objects.create(tenant_id=ticket.tenant_id, conversation_id=ticket.conversation_id,
-                                     role=Message.Role.HUMAN, text=text, author=actor)
+    message = conversations.message_reply_post(conversation_id=ticket.conversation_id, author=actor, text=text)
     _ticket_event(ticket, "handover.replied", {"by": actor.get_username(), "message": str(message.id)})
     return message
 
@@ -150,7 +190,7 @@ def ticket_return_to_ai(*, ticket: HandoverTicket, actor) -> HandoverTicket:
     _ticket_held_by(ticket, actor)
     ticket.status, ticket.closed_at = HandoverTicket.Status.CLOSED, timezone.now()
     ticket.save(update_fields=["status", "closed_at"])
-    Conversation.objects.filter(pk=ticket.conversation_id).update(status=Conversation.Status.AI)
+    conversations.conversation_to_ai(conversation_id=ticket.conversation_id)
     audit_record(tenant_id=ticket.tenant_id, actor=actor, action="handover.return_to_ai", obj=ticket,
                  old={"status": "claimed"}, new={"status": "closed"})
     _ticket_event(ticket, "handover.returned", {"by": actor.get_username()})
@@ -159,6 +199,6 @@ def ticket_return_to_ai(*, ticket: HandoverTicket, actor) -> HandoverTicket:
 
 def _ticket_held_by(ticket: HandoverTicket, actor) -> None:
     if ticket.status != HandoverTicket.Status.CLAIMED:
-        raise ServiceError(f"this ticket is {ticket.status}; claim it first", status=409)
+        raise Conflict(f"this ticket is {ticket.status}; claim it first")
     if ticket.assignee_id != actor.pk:
-        raise ServiceError(f"this ticket is claimed by {ticket.assignee.get_username()}", status=409)
+        raise Conflict(f"this ticket is claimed by {ticket.assignee.get_username()}")

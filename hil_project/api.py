@@ -5,13 +5,14 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from workflows.services import ServiceError
+from core.errors import Conflict, ServiceError
 
 
 def exception_handler(exc, context):
-    """Every error is JSON with a `detail` saying what is wrong."""
+    """Every error is JSON with a `detail` saying what is wrong; a service's refusal is a 400, a
+    request that lost a race or came too late a 409."""
     if isinstance(exc, ServiceError):
-        return Response({"detail": str(exc)}, status=exc.status)
+        return Response({"detail": str(exc)}, status=409 if isinstance(exc, Conflict) else 400)
     return drf_exception_handler(exc, context)
 
 

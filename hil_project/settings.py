@@ -71,8 +71,10 @@ TEMPLATES = [
 
 if not os.environ.get("DATABASE_URL"):
     raise RuntimeError("DATABASE_URL must be set (make run / make test start an embedded Postgres)")
-# Connections are kept for a minute and checked before reuse (a Postgres restart breaks them).
-DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True)}
+# No persistent connections: under Daphne each request may run on a thread of its own, and a
+# connection kept per thread would leak (Django's advice for ASGI). Celery workers, one task at a time
+# per process, keep theirs (hil_project/celery.py). Connections are checked before reuse.
+DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0, conn_health_checks=True)}
 # Parameters sent apart from the SQL (not quoted into it in Python), and repeated statements prepared.
 DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
 if os.environ.get("HIL_TEST_DATABASE"):  # lets test sessions run side by side on one server
@@ -149,12 +151,19 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # otherwise); hil_project/celery.py still drops connections that broke or outlived CONN_MAX_AGE.
 CELERY_DB_REUSE_MAX = 1000
 
-# The engine: a worker's lease on a run outlives the step it runs by this margin;
-# the sweeper re-enqueues runs whose lease expired (their worker died).
-HIL_LEASE_MARGIN_S = float(os.environ.get("HIL_LEASE_MARGIN_S", "30"))
+# The engine (see README, "Settings"): a worker holds a run under a lease of HIL_LEASE_S, which a
+# heartbeat extends while a step runs; the sweeper sends again the tasks of runs whose lease expired
+# (their worker died) or that no worker took HIL_RESEND_AFTER_S after they were due.
+HIL_LEASE_S = float(os.environ.get("HIL_LEASE_S", "30"))
+HIL_STEP_GRACE_S = float(os.environ.get("HIL_STEP_GRACE_S", "10"))
+HIL_MAX_CLAIMS = int(os.environ.get("HIL_MAX_CLAIMS", "3"))
+HIL_RESEND_AFTER_S = float(os.environ.get("HIL_RESEND_AFTER_S", "30"))
+HIL_RESEND_MAX_S = float(os.environ.get("HIL_RESEND_MAX_S", "600"))
+HIL_MAX_OUTPUT_BYTES = int(os.environ.get("HIL_MAX_OUTPUT_BYTES", str(1024 * 1024)))
 HIL_SWEEP_INTERVAL_S = float(os.environ.get("HIL_SWEEP_INTERVAL_S", "10"))
 CELERY_BEAT_SCHEDULE = {
     "runs-sweep": {"task": "workflows.tasks.runs_sweep_task", "schedule": HIL_SWEEP_INTERVAL_S},
+    "approvals-expire": {"task": "approvals.tasks.approvals_expire_task", "schedule": HIL_SWEEP_INTERVAL_S},
 }
 # Modules imported at start-up that register custom agents (comma-separated).
 HIL_AGENT_MODULES = [m for m in os.environ.get("HIL_AGENT_MODULES", "").split(",") if m]

@@ -1,6 +1,8 @@
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
+from core.errors import ServiceError
+
 from . import services
 from .models import Conversation, Message, Run, RunEvent, Step, Workflow, WorkflowVersion
 
@@ -72,7 +74,7 @@ class WorkflowVersionAdmin(admin.ModelAdmin):
             try:
                 services.workflow_version_publish(version=version, actor=request.user)
                 messages.success(request, f"{version} is live.")
-            except services.ServiceError as e:
+            except ServiceError as e:
                 messages.error(request, str(e))
 
 

@@ -1,60 +1,51 @@
 """The engine: walks a run's DAG on a Celery worker, one committed step at a time.
 
-A worker claims a run with a conditional update and holds a lease on it; every step's
-output is committed, fenced by that lease, before the next step starts. A run that waits
-on a human holds no worker. The sweeper re-enqueues runs whose worker died (lease expired)
-and runs whose queue message was lost; a duplicate delivery finds nothing to claim.
+A worker claims a run with a conditional update and holds a lease on it, which a heartbeat
+extends while a long step runs; every step's output is committed, fenced by that lease, before
+the next step starts. Lease and wake-up times are on the database's clock. A run that waits on a
+human holds no worker. Whatever goes wrong between claiming a node and committing it (the agent,
+its output, routing, the approval request, the sink) is that node's failure, handled on its
+failure path; a run whose workers keep dying on the same node is taken there after
+HIL_MAX_CLAIMS tries. So a run can fail, but never loops.
 """
 
 import json
 import logging
-import signal
+import os
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache, partial
 
+from celery import current_app
 from django.conf import settings
-from kombu.exceptions import OperationalError
-from django.db import transaction
-from django.db.models import Q
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
 
 from agents import registry
+from agents.registry import LeaseLost, WaitForHuman
+from core import deadlines
+from core.expressions import evaluate
 
+from . import humans
 from . import spec as workflow_spec
-from .events import run_commit
-from .models import Message, Run, Step, WorkflowVersion
+from .events import SQL, db_now, run_commit
+from .models import Conversation, Message, Run, Step, WorkflowVersion
 
 log = logging.getLogger(__name__)
-
-
-class StepTimeout(BaseException):
-    """Raised into a hung agent; a BaseException so that the agent's `except Exception` lets it through."""
+TRANSIENT = (OperationalError, InterfaceError)  # the database is away: try again later, it is nobody's fault
 
 
 class StepFailure(Exception):
     """A failure that retrying will not fix."""
 
 
-class LeaseLost(Exception):
-    """Another worker took the run over; this one must stop touching it."""
-
-
-def run_enqueue(run: Run, countdown_s: float = 0) -> None:
-    """Queue the run after commit. If the broker is down the run stays queued in the database and
-    the sweeper queues it again: what was committed is not lost, and the caller sees no error."""
-    from .tasks import run_execute_task
-
-    def send(run_id=str(run.id)):
-        try:
-            run_execute_task.apply_async((run_id,), countdown=countdown_s or None, retry=False)
-        except OperationalError as e:
-            log.warning("run %s not queued (%s); the sweeper will queue it", run_id, e)
-
-    transaction.on_commit(send)
+# --- queueing ----------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=256)
@@ -63,53 +54,106 @@ def version_get(version_id: int) -> WorkflowVersion:
     return WorkflowVersion.objects.only("number", "spec").get(pk=version_id)
 
 
+def queue_for(spec: dict, node_id: str) -> str:
+    """The Celery queue of the worker that should run `node_id`: its agent's own, or the default."""
+    default = current_app.conf.task_default_queue
+    if node_id in workflow_spec.SINKS:
+        return default
+    agent = workflow_spec.node(spec, node_id).get("agent")
+    own = registry.queue_of(agent) if agent else ""
+    return f"{default}.{own}" if own else default
+
+
+def task_time_limit(spec: dict) -> float:
+    """The hard time limit of a task running this workflow: its longest step, the grace a step has
+    past its deadline, and as much again for the steps before it in the same task (see run_execute)."""
+    longest = max(workflow_spec.limits(n)["timeout_ms"] for n in spec["nodes"]) / 1000
+    return 2 * longest + settings.HIL_STEP_GRACE_S
+
+
+def task_send(run_id, spec: dict, node_id: str, countdown_s: float = 0) -> None:
+    """Send the run's task now. If the broker is down the run stays queued in the database and the
+    sweeper sends it again later: nothing committed is lost, and the caller sees no error."""
+    from .tasks import run_execute_task
+
+    try:
+        run_execute_task.apply_async((str(run_id),), queue=queue_for(spec, node_id), countdown=countdown_s or None,
+                                     time_limit=task_time_limit(spec), retry=False)
+    except BrokerError as e:
+        log.warning("run %s not sent (%s); the sweeper will send it", run_id, e)
+
+
+def run_enqueue(run: Run, countdown_s: float = 0) -> None:
+    """Send the run's task once the caller's transaction commits."""
+    spec = version_get(run.workflow_version_id).spec
+    transaction.on_commit(partial(task_send, run.id, spec, run.current_node, countdown_s))
+
+
+def queued_fields(delay_s: float = 0) -> dict:
+    """The fields of a run that is queued to wake in `delay_s`: due then, and sent again by the
+    sweeper if no worker has taken it HIL_RESEND_AFTER_S later."""
+    return {"status": Run.Status.QUEUED, "lease_owner": "", "lease_expires_at": None, "claims": 0, "resends": 0,
+            "wake_at": db_now(delay_s), "resend_at": db_now(delay_s + settings.HIL_RESEND_AFTER_S)}
+
+
+# --- claiming and walking ----------------------------------------------------------------
+
+
 def run_claim(run_id) -> tuple[Run, str] | None:
     """QUEUED (and due) or RUNNING with an expired lease → RUNNING under a new lease."""
-    now = timezone.now()
-    seen = Run.objects.filter(id=run_id).values("tenant_id", "workflow_version_id", "current_node", "attempt",
-                                                 "started_at").first()
+    seen = Run.objects.filter(id=run_id).values("tenant_id", "current_node", "attempt", "started_at").first()
     if seen is None:
         return None
     lease = uuid.uuid4().hex
-    due = ("(status = %s AND (wake_at IS NULL OR wake_at <= %s) OR status = %s AND lease_expires_at < %s)",
-           [Run.Status.QUEUED, now, Run.Status.RUNNING, now])
+    due = ("(status = %s AND (wake_at IS NULL OR wake_at <= clock_timestamp())"
+           " OR status = %s AND lease_expires_at < clock_timestamp())", [Run.Status.QUEUED, Run.Status.RUNNING])
     started = {"node": seen["current_node"], "attempt": seen["attempt"], "resumed": seen["started_at"] is not None}
     run = run_commit(
         Run(id=run_id, tenant_id=seen["tenant_id"]), where=due,
-        fields={"status": Run.Status.RUNNING, "lease_owner": lease, "wake_at": None, "started_at": seen["started_at"] or now,
-                "lease_expires_at": now + _lease_span(version_get(seen["workflow_version_id"]).spec, seen["current_node"])},
+        fields={"status": Run.Status.RUNNING, "lease_owner": lease, "lease_expires_at": db_now(settings.HIL_LEASE_S),
+                "claims": SQL("claims + 1"), "wake_at": None, "resend_at": None, "resends": 0,
+                "started_at": SQL("coalesce(started_at, clock_timestamp())")},
         events=[("run.started", started)],
     )
     return (run, lease) if run is not None else None
 
 
-def run_execute(*, run_id) -> None:
+def run_execute(*, run_id, queue: str | None = None, time_limit: float | None = None) -> None:
+    """Walk the run from its current node until it ends, waits for a human, waits to retry, or
+    must go on in another task: one for another queue, or a fresh one when this task's hard time
+    limit (`time_limit`, counted from now) could cut the next step off before its own deadline."""
+    started = time.monotonic()
     claim = run_claim(run_id)
     if claim is None:
         return
     run, lease = claim
     spec = version_get(run.workflow_version_id).spec
     try:
-        while True:
+        while run.status == Run.Status.RUNNING:
             node_id = run.current_node
-            if node_id in workflow_spec.SINKS:
-                return _sink_reach(run, lease)
-            node = workflow_spec.node(spec, node_id)
-            if node.get("kind") == "approval":
-                return _approval_wait(run, lease, node)
-            run = _step_run(run, lease, spec, node)
-            if run.status != Run.Status.RUNNING:
-                return  # done, or a retry is scheduled
+            if run.claims > settings.HIL_MAX_CLAIMS:
+                run = _node_failed(run, lease, spec, node_id, error=(
+                    f"did not finish in {run.claims - 1} tries: its worker died or was stopped each time "
+                    "(killed, out of memory, or past its hard time limit)"))
+            elif node_id in workflow_spec.SINKS:
+                run = _sink_reach(run, lease)
+            elif _elsewhere(spec, node_id, queue, time_limit and time_limit - (time.monotonic() - started)):
+                _commit(run, lease, events=[], **queued_fields())
+                return run_enqueue(run)
+            elif workflow_spec.node(spec, node_id).get("kind") == "approval":
+                run = _approval_wait(run, lease, spec, workflow_spec.node(spec, node_id))
+            else:
+                run = _step_run(run, lease, spec, workflow_spec.node(spec, node_id))
     except LeaseLost:
         log.warning("run %s: lease lost, another worker has it", run.id)
 
 
-def _lease_span(spec: dict, node_id: str) -> timedelta:
-    """How long a worker may hold a run about to enter `node_id`: its step timeout plus a margin."""
-    timeout_ms = 0
-    if node_id not in workflow_spec.SINKS:
-        timeout_ms = workflow_spec.limits(workflow_spec.node(spec, node_id))["timeout_ms"]
-    return timedelta(milliseconds=timeout_ms, seconds=settings.HIL_LEASE_MARGIN_S)
+def _elsewhere(spec: dict, node_id: str, queue: str | None, time_left: float | None) -> bool:
+    """Whether the node must run in another task: on its agent's queue, or with a fresh time limit."""
+    if queue is not None and queue_for(spec, node_id) != queue:
+        return True
+    needs = workflow_spec.limits(workflow_spec.node(spec, node_id))["timeout_ms"] / 1000 + settings.HIL_STEP_GRACE_S
+    return time_left is not None and time_left < needs
 
 
 def _commit(run: Run, lease: str, *, events: list[tuple[str, dict]], rows: tuple = (), **fields) -> Run:
@@ -120,111 +164,234 @@ def _commit(run: Run, lease: str, *, events: list[tuple[str, dict]], rows: tuple
     return updated
 
 
+@contextmanager
+def _holding(run_id, lease: str):
+    """A transaction that commits only while this worker still holds the run: the run's row stays
+    locked until it does, so no other worker can take the run over in between."""
+    with transaction.atomic():
+        if not Run.objects.select_for_update(no_key=True).filter(
+                id=run_id, status=Run.Status.RUNNING, lease_owner=lease).values_list("id").exists():
+            raise LeaseLost
+        yield
+
+
 def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
-    """Run one attempt of an agent node and commit it; returns the run as committed."""
+    """Run one attempt of an agent node and commit its outcome; returns the run as committed."""
     node_id, limits = node["id"], workflow_spec.limits(node)
-    key = f"{run.id}:{node_id}:{run.attempt}"
-    ctx = registry.StepContext(
-        tenant_id=run.tenant_id, run_id=str(run.id), node_id=node_id, attempt=run.attempt,
-        idempotency_key=key, config=node.get("config", {}), state=run.state,
-    )
+    ctx = registry.StepContext(tenant_id=run.tenant_id, run_id=str(run.id), node_id=node_id, attempt=run.attempt,
+                               config=node.get("config", {}), state=run.state, holding=partial(_holding, run.id, lease))
     started = timezone.now()
-    error, retryable = None, True
-    try:
-        with deadline(limits["timeout_ms"] / 1000):
-            result = registry.get(node["agent"])(ctx)
-        if not isinstance(result, registry.AgentResult):
-            result = registry.AgentResult(result)
-        json.dumps(result.output)  # outputs are stored as JSON: fail here, not at commit
-        if limits["max_cost"] is not None and result.cost > Decimal(str(limits["max_cost"])):
-            raise StepFailure(f"cost {result.cost} is over the node's budget of {limits['max_cost']}")
-    except StepTimeout:
-        error = f"timed out after {limits['timeout_ms']} ms"
-    except StepFailure as e:
-        error, retryable = str(e), False
-    except Exception as e:  # an agent's failure is the run's to handle, not the worker's
-        log.info("run %s node %s attempt %s failed", run.id, node_id, run.attempt, exc_info=True)
-        error = f"{type(e).__name__}: {e}"
+    error, retryable, waiting = None, True, None
+    with _heartbeat().beating(run.id, lease), deadlines.deadline(limits["timeout_ms"] / 1000):
+        try:
+            with deadlines.database_deadline(connection):
+                result = registry.get(node["agent"])(ctx)
+            deadlines.check()  # an agent that returns late failed, even if it did not notice
+            result = result if isinstance(result, registry.AgentResult) else registry.AgentResult(result)
+            _output_check(result.output)
+            if limits["max_cost"] is not None and result.cost > Decimal(str(limits["max_cost"])):
+                raise StepFailure(f"cost {result.cost} is over the node's budget of {limits['max_cost']}")
+            state = {**run.state, node_id: result.output}
+            next_id = _route(spec, node_id, state)
+        except WaitForHuman as wait:
+            waiting = wait
+        except LeaseLost:
+            raise
+        except StepFailure as e:
+            error, retryable = str(e), False
+        except Exception as e:  # an agent's failure is the run's to handle, not the worker's
+            if deadlines.expired():
+                error = f"timed out after {limits['timeout_ms']} ms"
+            else:
+                log.info("run %s node %s attempt %s failed", run.id, node_id, run.attempt, exc_info=True)
+                error = f"{type(e).__name__}: {e}"
+    if waiting is not None:
+        try:
+            return _wait(run, lease, node_id, waiting.key, waiting.request)
+        except (LeaseLost, *TRANSIENT):
+            raise
+        except Exception as e:
+            error, retryable = f"the approval request failed: {type(e).__name__}: {e}", False
     finished = timezone.now()
-    step = Step(
-        tenant_id=run.tenant_id, run_id=run.id, node_id=node_id, agent=node["agent"], attempt=run.attempt,
-        idempotency_key=key, started_at=started, finished_at=finished,
-    )
+    step = Step(tenant_id=run.tenant_id, run_id=run.id, node_id=node_id, agent=node["agent"], attempt=run.attempt,
+                idempotency_key=f"{run.id}:{node_id}:{run.attempt}", started_at=started, finished_at=finished)
     duration_ms = round((finished - started).total_seconds() * 1000)
     if error is None:
-        state = {**run.state, node_id: result.output}
-        next_id = workflow_spec.next_node(spec, node_id, state)
         step.status, step.output, step.cost = Step.Status.SUCCEEDED, result.output, result.cost
-        if next_id == workflow_spec.HANDOVER:
-            run.reason = f"node '{node_id}' routed the conversation to a human"
+        reason = f"node '{node_id}' routed the conversation to a human" if next_id == workflow_spec.HANDOVER else ""
         commit = partial(_commit, run, lease, rows=(step,), events=[("step.succeeded", {
-            "node": node_id, "attempt": step.attempt, "output": result.output,
-            "cost": str(result.cost), "usage": result.usage, "duration_ms": duration_ms,
-        })], state=state, current_node=next_id, attempt=1, cost=run.cost + result.cost, reason=run.reason,
-            lease_expires_at=timezone.now() + _lease_span(spec, next_id))
-        if next_id not in workflow_spec.SINKS:
-            return commit()
-        with transaction.atomic():  # the last step and the sink commit together
-            return _sink_reach(commit(), lease, reply=result.output.get("reply"))
+            "node": node_id, "attempt": step.attempt, "output": result.output, "cost": str(result.cost),
+            "usage": result.usage, "duration_ms": duration_ms})], state=state, current_node=next_id, attempt=1,
+            claims=0, cost=run.cost + result.cost, reason=reason, lease_expires_at=db_now(settings.HIL_LEASE_S))
+        try:
+            if next_id not in workflow_spec.SINKS:
+                return commit()
+            return _sink_reach(run, lease, step_commit=commit, reply=result.output.get("reply"))
+        except TRANSIENT:
+            raise
+        except DatabaseError as e:  # what the checks above did not foresee, the database refused
+            error, retryable = f"the step's output could not be stored: {e}", False
+            step.output, step.cost = None, Decimal(0)
 
     step.status, step.error = Step.Status.FAILED, error
     failed = {"node": node_id, "attempt": step.attempt, "error": error, "duration_ms": duration_ms}
     if retryable and run.attempt <= limits["max_retries"]:
-        delay_s = limits["backoff"] * 2 ** (run.attempt - 1) / 1000
+        delay_s = min(limits["backoff"] * 2 ** (run.attempt - 1), limits["max_backoff"]) / 1000
         run = _commit(run, lease, rows=(step,), events=[("step.failed", failed), ("step.retry_scheduled", {
             "node": node_id, "attempt": run.attempt + 1, "delay_ms": round(delay_s * 1000)})],
-            status=Run.Status.QUEUED, attempt=run.attempt + 1, lease_owner="", lease_expires_at=None,
-            wake_at=timezone.now() + timedelta(seconds=delay_s))
+            attempt=run.attempt + 1, **queued_fields(delay_s))
         run_enqueue(run, countdown_s=delay_s)
         return run
+    return _node_failed(run, lease, spec, node_id, error=error, step=step, data=failed)
+
+
+def _route(spec: dict, node_id: str, state: dict) -> str:
+    try:
+        return workflow_spec.next_node(spec, node_id, state)
+    except Exception as e:
+        raise StepFailure(f"routing after node '{node_id}' failed: {type(e).__name__}: {e}") from None
+
+
+def _output_check(output) -> None:
+    """Refuse here, with a reason, an output that Postgres's jsonb would refuse at commit."""
+    if not isinstance(output, dict):
+        raise StepFailure(f"the agent returned {type(output).__name__}, not a JSON object")
+    try:
+        text = json.dumps(output, ensure_ascii=False, allow_nan=False)
+        size = len(text.encode())
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError (a lone surrogate) is a ValueError
+        raise StepFailure(f"the output is not storable JSON: {e}") from None
+    if "\\u0000" in text:
+        raise StepFailure("the output contains a NUL character (\\u0000), which cannot be stored")
+    if size > settings.HIL_MAX_OUTPUT_BYTES:
+        raise StepFailure(f"the output is {size} bytes, over the limit of {settings.HIL_MAX_OUTPUT_BYTES}")
+
+
+def _node_failed(run: Run, lease: str, spec: dict, node_id: str, *, error: str, step: Step | None = None,
+                 data: dict | None = None) -> Run:
+    """Take the run down the failure path of `node_id`: a node's `on_failure` (by default HANDOVER).
+    A sink that fails: FINISH hands over instead, and a failed HANDOVER ends the run as failed."""
+    if node_id == workflow_spec.HANDOVER:
+        return _run_end(run, lease, status=Run.Status.FAILED, reason=f"the handover failed: {error}",
+                        event=("run.failed", {"sink": node_id, "error": error}))
+    if node_id == workflow_spec.FINISH:
+        return _commit(run, lease, events=[("run.sink_failed", {"sink": node_id, "error": error,
+                                                                "next": workflow_spec.HANDOVER})],
+                       current_node=workflow_spec.HANDOVER, claims=0, reason=f"the reply could not be posted: {error}",
+                       lease_expires_at=db_now(settings.HIL_LEASE_S))
+    node = workflow_spec.node(spec, node_id)
     target = node.get("on_failure", workflow_spec.HANDOVER)
-    return _commit(run, lease, rows=(step,), events=[("step.failed", {**failed, "final": True, "next": target})],
-                   current_node=target, attempt=1, lease_expires_at=timezone.now() + _lease_span(spec, target),
-                   reason=f"node '{node_id}' failed after {step.attempt} attempt(s): {error}")
+    if step is None:
+        now = timezone.now()
+        step = Step(tenant_id=run.tenant_id, run_id=run.id, node_id=node_id, agent=node.get("agent", ""),
+                    attempt=run.attempt, status=Step.Status.FAILED, error=error, started_at=now, finished_at=now,
+                    idempotency_key=f"{run.id}:{node_id}:{run.attempt}")
+    tries = f" after {step.attempt} attempts" if step.attempt > 1 else ""
+    data = data or {"node": node_id, "attempt": run.attempt, "error": error}
+    return _commit(run, lease, rows=(step,), events=[("step.failed", {**data, "final": True, "next": target})],
+                   current_node=target, attempt=1, claims=0, reason=f"node '{node_id}' failed{tries}: {error}",
+                   lease_expires_at=db_now(settings.HIL_LEASE_S))
 
 
-def _approval_wait(run: Run, lease: str, node: dict) -> None:
-    from approvals.services import approval_request
+# --- waiting for people ------------------------------------------------------------------
 
+
+def _approval_wait(run: Run, lease: str, spec: dict, node: dict) -> Run:
+    """An approval node: ask for the decision and wait for it, holding no worker."""
+    config = node.get("config", {})
+    try:
+        payload = evaluate(config["payload"], run.state) if "payload" in config else {}
+        request = {"title": config.get("title", node["id"]), "payload": payload if isinstance(payload, dict) else
+                   {"value": payload}, "schema": config.get("schema"), "timeout_s": config.get("timeout_s"),
+                   "on_expiry": config.get("on_expiry", "reject")}
+        _output_check(request["payload"])
+        return _wait(run, lease, node["id"], "", request)
+    except (LeaseLost, *TRANSIENT):
+        raise
+    except Exception as e:
+        return _node_failed(run, lease, spec, node["id"], error=f"the approval request failed: {type(e).__name__}: {e}")
+
+
+def _wait(run: Run, lease: str, node_id: str, call_key: str, request: dict) -> Run:
+    """Ask a human and wait, holding no worker. For a call inside a node (`call_key`), the node runs
+    again from the start once it is decided, and replays the calls before this one from the ledger."""
     with transaction.atomic():
-        approval = approval_request(run=run, node=node)
-        _commit(run, lease, events=[("run.waiting", {"node": node["id"], "approval": str(approval.id)})],
-                status=Run.Status.WAITING, lease_owner="", lease_expires_at=None)
+        approval_id = humans.desk.approval_open(run=run, node_id=node_id, call_key=call_key, request=request)
+        return _commit(run, lease, events=[("run.waiting", {"node": node_id, "approval": str(approval_id),
+                                                            **({"call": call_key} if call_key else {})})],
+                       status=Run.Status.WAITING, lease_owner="", lease_expires_at=None, claims=0)
 
 
-def run_resume(*, run: Run, node_id: str, output: dict) -> bool:
-    """Record a human's decision as the output of the waiting node and queue the run on.
-    Call inside the decision's transaction. False when the run was not waiting there."""
-    run = Run.objects.select_for_update().get(id=run.id)
-    if run.status != Run.Status.WAITING or run.current_node != node_id:
-        return False
-    state = {**run.state, node_id: output}
-    next_id = workflow_spec.next_node(version_get(run.workflow_version_id).spec, node_id, state)
-    run = run_commit(run, where=("TRUE", []), events=[("run.resumed", {"node": node_id, "next": next_id})], fields={
-        "state": state, "current_node": next_id, "status": Run.Status.QUEUED, "attempt": 1, "wake_at": timezone.now()})
-    run_enqueue(run)
-    return True
+# --- the end of a run --------------------------------------------------------------------
 
 
-def _sink_reach(run: Run, lease: str, reply=None) -> Run:
-    """End the run: FINISH posts the reply (`reply`, or the last one a step wrote); HANDOVER opens a ticket."""
-    from approvals.services import handover_open
+def _sink_reach(run: Run, lease: str, *, step_commit=None, reply=None) -> Run:
+    """End the run in its sink, with the last step's commit when given: FINISH posts the reply (`reply`,
+    or the last one a step wrote) if the AI still owns the conversation, and keeps it as a suggestion for
+    the human otherwise; HANDOVER opens a ticket. A sink that fails takes the failure path."""
+    try:
+        with transaction.atomic():
+            if step_commit is not None:
+                run = step_commit()
+            owner = Conversation.objects.select_for_update().values_list("status", flat=True).get(pk=run.conversation_id)
+            if run.current_node == workflow_spec.HANDOVER:
+                return _handover(run, lease, owner)
+            return _finish(run, lease, owner, reply if isinstance(reply, str) else _reply_of(run))
+    except (LeaseLost, *TRANSIENT):
+        raise
+    except Exception as e:
+        log.exception("run %s: sink %s failed", run.id, run.current_node)
+        if step_commit is not None:  # the step itself was fine: keep it, then take the failure path
+            run = step_commit()
+        return _node_failed(run, lease, {}, run.current_node, error=f"{type(e).__name__}: {e}")
 
-    sink, rows = run.current_node, ()
-    done = {"status": Run.Status.DONE, "sink": sink, "finished_at": timezone.now(), "lease_owner": "",
-            "lease_expires_at": None}
-    if sink == workflow_spec.FINISH:
-        data = {"sink": sink}
-        reply = reply if isinstance(reply, str) else _reply_of(run)
-        if reply is not None:
-            rows = (Message(tenant_id=run.tenant_id, conversation_id=run.conversation_id, role=Message.Role.AI,
-                            text=reply, run_id=run.id),)
-            data["message"] = {"id": str(rows[0].id), "text": reply}
-        return _commit(run, lease, rows=rows, events=[("run.finished", data)], **done)
-    with transaction.atomic(savepoint=False):
-        ticket = handover_open(run=run, reason=run.reason)
-        return _commit(run, lease, events=[("run.finished", {"sink": sink, "reason": run.reason,
-                                                              "ticket": str(ticket.id)})], **done)
+
+def _finish(run: Run, lease: str, owner: str, reply: str | None) -> Run:
+    data, rows, reason = {"sink": workflow_spec.FINISH}, (), ""
+    if reply is not None and owner == Conversation.Status.AI:
+        rows = (Message(tenant_id=run.tenant_id, conversation_id=run.conversation_id, role=Message.Role.AI,
+                        text=reply, run_id=run.id),)
+        data["message"] = {"id": str(rows[0].id), "text": reply}
+    elif reply is not None:  # a human took the conversation over while the run was working
+        data["suggestion"] = reply
+        reason = "a human took the conversation over; the reply is kept as a suggestion for them"
+    return _run_end(run, lease, status=Run.Status.DONE, sink=workflow_spec.FINISH, rows=rows,
+                    event=("run.finished", data), reason=reason)
+
+
+def _handover(run: Run, lease: str, owner: str) -> Run:
+    ticket = humans.desk.handover_open(run=run, reason=run.reason)
+    if owner == Conversation.Status.AI:
+        Conversation.objects.filter(pk=run.conversation_id).update(status=Conversation.Status.AWAITING_HUMAN)
+    return _run_end(run, lease, status=Run.Status.DONE, sink=workflow_spec.HANDOVER, reason=run.reason,
+                    event=("run.finished", {"sink": workflow_spec.HANDOVER, "reason": run.reason,
+                                            "ticket": str(ticket.id)}))
+
+
+def _run_end(run: Run, lease: str, *, status: str, event: tuple[str, dict], reason: str, sink: str = "",
+             rows: tuple = ()) -> Run:
+    """End the run (done or failed) and let the conversation's next turn go."""
+    with transaction.atomic():
+        run = _commit(run, lease, rows=rows, events=[event], status=status, sink=sink, reason=reason,
+                      finished_at=db_now(), lease_owner="", lease_expires_at=None)
+        next_turns_release(conversation_id=run.conversation_id, handed_over=sink == workflow_spec.HANDOVER)
+        return run
+
+
+def next_turns_release(*, conversation_id, handed_over: bool = False) -> None:
+    """The conversation's active run ended: queue its next held turn, or, if a human now has the
+    conversation, cancel the held turns (their messages wait for the human)."""
+    held = Run.objects.filter(conversation_id=conversation_id, status=Run.Status.HELD).order_by("created_at", "id")
+    if handed_over:
+        for run in held:
+            run_commit(run, where=("status = %s", [Run.Status.HELD]), events=[
+                ("run.cancelled", {"reason": "the conversation was handed over to a human"})], fields={
+                "status": Run.Status.CANCELLED, "finished_at": db_now(),
+                "reason": "the conversation was handed over to a human before this turn ran"})
+    elif (run := held.first()) is not None:
+        run = run_commit(run, where=("status = %s", [Run.Status.HELD]), events=[("run.queued", {"after_turn": True})],
+                         fields=queued_fields())
+        run_enqueue(run)
 
 
 def _reply_of(run: Run) -> str | None:
@@ -235,42 +402,76 @@ def _reply_of(run: Run) -> str | None:
     return None
 
 
-@contextmanager
-def deadline(seconds: float):
-    """Cut off the block after `seconds` with StepTimeout (SIGALRM: workers run tasks in their
-    main thread). Elsewhere the block runs without a cut-off and is judged when it returns."""
-    if threading.current_thread() is not threading.main_thread():
-        started = timezone.now()
-        yield
-        if (timezone.now() - started).total_seconds() > seconds:
-            raise StepTimeout
-        return
-
-    def expire(signum, frame):
-        raise StepTimeout
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+# --- the lease's heartbeat ---------------------------------------------------------------
 
 
-def runs_sweep(*, limit: int = 500) -> dict:
-    """Re-enqueue runs whose worker died or whose message was lost; expire approvals."""
-    from approvals.services import approvals_expire
+class _Heartbeat(threading.Thread):
+    """Extends the lease on the run this process is stepping, every third of HIL_LEASE_S, for as
+    long as the step lasts; a worker that dies stops extending it, and its run is taken over soon."""
 
-    from .tasks import run_execute_task
+    def __init__(self):
+        super().__init__(name="hil-lease-heartbeat", daemon=True)
+        self.pid, self.held, self.changed = os.getpid(), None, threading.Condition()
 
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.HIL_LEASE_MARGIN_S)
-    run_ids = list(
-        Run.objects.filter(
-            Q(status=Run.Status.RUNNING, lease_expires_at__lt=now) | Q(status=Run.Status.QUEUED, wake_at__lt=stale)
-        ).values_list("id", flat=True)[:limit]
-    )
-    for run_id in run_ids:
-        run_execute_task.delay(str(run_id))
-    return {"requeued": len(run_ids), "expired": approvals_expire(limit=limit)}
+    @contextmanager
+    def beating(self, run_id, lease: str):
+        with self.changed:
+            self.held = (run_id, lease)
+            self.changed.notify()
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.held = None
+                self.changed.notify()
+
+    def run(self):
+        while True:
+            with self.changed:
+                while self.held is None:
+                    self.changed.wait()
+                held = self.held
+                self.changed.wait(settings.HIL_LEASE_S / 3)
+                if self.held is not held:
+                    continue
+            try:  # a lost lease is noticed by the step's own fenced commit
+                Run.objects.filter(id=held[0], status=Run.Status.RUNNING, lease_owner=held[1]).update(
+                    lease_expires_at=Now() + timedelta(seconds=settings.HIL_LEASE_S))
+            except DatabaseError as e:
+                log.warning("lease of run %s not extended: %s", held[0], e)
+                connection.close()
+
+
+_beat: _Heartbeat | None = None
+
+
+def _heartbeat() -> _Heartbeat:
+    """This process's heartbeat thread, started on first use (in a worker child, after the fork)."""
+    global _beat
+    if _beat is None or _beat.pid != os.getpid():
+        _beat = _Heartbeat()
+        _beat.start()
+    return _beat
+
+
+# --- the sweeper -------------------------------------------------------------------------
+
+
+def runs_sweep(*, limit: int = 500) -> int:
+    """Send again the tasks of queued runs that no worker took and of running runs whose worker died
+    (lease expired), each only after a backoff from its last send, to the queue its node needs."""
+    table = Run._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET resends = resends + 1,"
+            "  resend_at = clock_timestamp() + make_interval(secs => LEAST(%s * 2 ^ resends, %s))"
+            f" WHERE id IN (SELECT id FROM {table} WHERE status = %s AND resend_at <= clock_timestamp()"
+            "   OR status = %s AND lease_expires_at < clock_timestamp()"
+            "      AND (resend_at IS NULL OR resend_at <= clock_timestamp())"
+            "   LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, workflow_version_id, current_node",
+            [settings.HIL_RESEND_AFTER_S, settings.HIL_RESEND_MAX_S, Run.Status.QUEUED, Run.Status.RUNNING, limit])
+        due = cursor.fetchall()
+    for run_id, version_id, node_id in due:
+        task_send(run_id, version_get(version_id).spec, node_id)
+    return len(due)

@@ -26,6 +26,18 @@ def events_append(run, *events: tuple[str, dict]) -> None:
     run.last_seq = run_commit(run, where=("TRUE", []), fields={}, events=list(events)).last_seq
 
 
+class SQL:
+    """A field value that the database computes, such as a time on its own clock."""
+
+    def __init__(self, sql: str, params: tuple = ()):
+        self.sql, self.params = sql, list(params)
+
+
+def db_now(plus_s: float = 0) -> SQL:
+    """The database's clock, `plus_s` seconds on: every worker compares leases and wake-ups against it."""
+    return SQL("clock_timestamp() + make_interval(secs => %s)", (plus_s,))
+
+
 def run_commit(run: Run, *, lease: str | None = None, where: tuple[str, list] | None = None, fields: dict,
                 events: list[tuple[str, dict]], rows: tuple = ()) -> Run | None:
     """Update the run, insert `rows` and append `events` numbered after its last one, in one statement
@@ -38,8 +50,12 @@ def run_commit(run: Run, *, lease: str | None = None, where: tuple[str, list] | 
     sets, params = [], []
     for name, value in fields.items():
         field = Run._meta.get_field(name)
-        sets.append(f"{field.column} = %s")
-        params.append(field.get_db_prep_save(value, connection))
+        if isinstance(value, SQL):
+            sets.append(f"{field.column} = {value.sql}")
+            params += value.params
+        else:
+            sets.append(f"{field.column} = %s")
+            params.append(field.get_db_prep_save(value, connection))
     sets.append(f"last_seq = last_seq + {len(events)}")
     sql = [f"WITH r AS (UPDATE {Run._meta.db_table} SET {', '.join(sets)} WHERE id = %s AND ({where[0]}) RETURNING *)"]
     params += [run.id, *where[1]]

@@ -96,9 +96,14 @@ class Message(models.Model):
 class Run(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued"
+        HELD = "held", "held behind the conversation's previous turn"
         RUNNING = "running"
         WAITING = "waiting", "waiting for a human"
         DONE = "done"
+        FAILED = "failed", "failed, even on its failure path"
+        CANCELLED = "cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.HELD, Status.RUNNING, Status.WAITING)
 
     class Sink(models.TextChoices):
         FINISH = workflow_spec.FINISH
@@ -108,17 +113,20 @@ class Run(models.Model):
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
     workflow_version = models.ForeignKey(WorkflowVersion, on_delete=models.RESTRICT, related_name="runs")
-    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     sink = models.CharField(max_length=8, choices=Sink.choices, blank=True)
-    reason = models.TextField(blank=True, help_text="Why the run handed over, when it did.")
+    reason = models.TextField(blank=True, help_text="Why the run handed over, failed or was cancelled.")
     current_node = models.CharField(max_length=64, help_text="The next node to run, or the sink reached.")
     attempt = models.PositiveIntegerField(default=1, help_text="Attempt number of the current node.")
+    claims = models.PositiveIntegerField(default=0, help_text="Workers that took the run on since it last made progress.")
     state = models.JSONField(default=dict, blank=True)
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     last_seq = models.PositiveIntegerField(default=0, help_text="Sequence number of the last event.")
     lease_owner = models.CharField(max_length=32, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     wake_at = models.DateTimeField(null=True, blank=True, help_text="When a queued run becomes due.")
+    resend_at = models.DateTimeField(null=True, blank=True, help_text="When the sweeper may send its task again.")
+    resends = models.PositiveIntegerField(default=0, help_text="Tasks the sweeper sent since the run was last queued.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -2,19 +2,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Tenant
+from accounts.services import audit_record
+from core.errors import Conflict, ServiceError
 
+from . import engine, humans
 from . import spec as workflow_spec
-from .engine import run_enqueue, version_get
-from .events import events_append
+from .events import db_now, events_append, run_commit
 from .models import Conversation, Message, Run, Workflow, WorkflowVersion
-
-
-class ServiceError(Exception):
-    """A request the current state refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 @transaction.atomic
@@ -40,8 +34,6 @@ def workflow_version_create(*, workflow: Workflow, spec_yaml: str, actor=None) -
 @transaction.atomic
 def workflow_version_publish(*, version: WorkflowVersion, actor=None) -> WorkflowVersion:
     """Make `version` live. Runs in flight keep the version they started on."""
-    from approvals.services import audit_record
-
     if not version.is_valid():
         raise ServiceError(f"{version} has errors and cannot be published: " + "; ".join(version.errors))
     workflow = Workflow.objects.select_for_update().get(pk=version.workflow_id)
@@ -67,13 +59,13 @@ def conversation_start(*, tenant: Tenant, workflow_slug: str) -> Conversation:
 
 
 def message_post(*, conversation: Conversation, text: str, turn_id: str) -> tuple[Message, bool]:
-    """Store a user's message and, if the AI owns the conversation, start a run on it.
+    """Store a user's message and, if the AI owns the conversation, start a run on it: at once, or
+    held behind the conversation's active run, so that its turns run one at a time, in order.
 
     (conversation, turn_id) is unique: a retry returns the first message and starts nothing."""
     try:
         with transaction.atomic():
-            conversation = (Conversation.objects.select_for_update(of=("self",)).select_related("workflow")
-                            .get(pk=conversation.pk))
+            conversation = conversation_lock(conversation_id=conversation.pk)
             first = Message.objects.filter(conversation=conversation, turn_id=turn_id).select_related("run").first()
             if first is not None:
                 return _same_turn(first, text), False
@@ -88,21 +80,117 @@ def message_post(*, conversation: Conversation, text: str, turn_id: str) -> tupl
         return _same_turn(first, text), False
 
 
+def conversation_lock(*, conversation_id) -> Conversation:
+    """The conversation, locked until the transaction ends: turns, sinks and humans taking it over
+    take this lock, so they see each other's changes in order."""
+    return Conversation.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=conversation_id)
+
+
 def _same_turn(first: Message, text: str) -> Message:
     if first.text != text:
-        raise ServiceError(f"turn_id '{first.turn_id}' was already used for a different message", status=409)
+        raise Conflict(f"turn_id '{first.turn_id}' was already used for a different message")
     return first
 
 
 def run_start(*, conversation: Conversation, message: Message) -> Run:
-    """Create a run of the conversation's live workflow version and enqueue it on commit."""
-    version = version_get(conversation.workflow.live_version_id)
+    """Create a run of the conversation's live workflow version: queued, or held while another turn of
+    the conversation is active. Call with the conversation locked."""
+    version = engine.version_get(conversation.workflow.live_version_id)
+    held = Run.objects.filter(conversation=conversation, status__in=Run.ACTIVE).exists()
     run = Run.objects.create(
         tenant_id=conversation.tenant_id, conversation=conversation, workflow_version=version,
-        current_node=version.entry(), wake_at=timezone.now(),
+        current_node=version.entry(), status=Run.Status.HELD if held else Run.Status.QUEUED,
         state={"input": {"text": message.text, "turn_id": message.turn_id, "conversation": str(conversation.id)}},
     )
-    events_append(run, ("run.queued", {"workflow": conversation.workflow.slug, "version": version.number,
-                                       "message": str(message.id)}))
-    run_enqueue(run)
+    data = {"workflow": conversation.workflow.slug, "version": version.number, "message": str(message.id)}
+    if held:
+        events_append(run, ("run.held", data))
+        return run
+    run = run_commit(run, where=("TRUE", []), fields=engine.queued_fields(), events=[("run.queued", data)])
+    engine.run_enqueue(run)
     return run
+
+
+def run_resume(*, run: Run, node_id: str, output: dict | None = None, handover: str = "") -> bool:
+    """A human decided what the run waits on at `node_id`: record `output` as that approval node's
+    output and route on; with no output, run the node again (a call inside it waited, and is now
+    decided); with `handover`, hand the conversation over for that reason. Call inside the decision's
+    transaction. False when the run was not waiting there."""
+    run = Run.objects.select_for_update().get(id=run.id)
+    if run.status != Run.Status.WAITING or run.current_node != node_id:
+        return False
+    state, next_id = run.state, node_id
+    if handover:
+        next_id = workflow_spec.HANDOVER
+    elif output is not None:
+        state = {**run.state, node_id: output}
+        next_id = workflow_spec.next_node(engine.version_get(run.workflow_version_id).spec, node_id, state)
+    run = run_commit(run, where=("TRUE", []), events=[("run.resumed", {"node": node_id, "next": next_id})],
+                     fields={"state": state, "current_node": next_id, "reason": handover, **engine.queued_fields(),
+                             **({"attempt": 1} if next_id != node_id else {})})
+    engine.run_enqueue(run)
+    return True
+
+
+@transaction.atomic
+def run_cancel(*, run: Run, actor, reason: str = "") -> Run:
+    """Stop a run that has not ended. A worker in the middle of a step finishes the step but can commit
+    nothing more; the run's pending approvals are withdrawn; the conversation's next turn goes on."""
+    conversation_lock(conversation_id=run.conversation_id)
+    old = Run.objects.select_for_update().get(pk=run.pk)
+    if old.status not in Run.ACTIVE:
+        raise Conflict(f"this run is {old.status}; only a queued, held, running or waiting run can be cancelled")
+    by = actor.get_username() if actor else None
+    reason = reason or f"cancelled by {by or 'the system'}"
+    run = run_commit(old, where=("TRUE", []), events=[("run.cancelled", {"by": by, "reason": reason})], fields={
+        "status": Run.Status.CANCELLED, "reason": reason, "finished_at": db_now(), "lease_owner": "",
+        "lease_expires_at": None, "wake_at": None, "resend_at": None})
+    humans.desk.approvals_withdraw(run=run)
+    if old.status != Run.Status.HELD:
+        engine.next_turns_release(conversation_id=run.conversation_id)
+    audit_record(tenant_id=run.tenant_id, actor=actor, action="run.cancel", obj=run,
+                 old={"status": old.status, "node": old.current_node}, new={"status": run.status, "reason": reason})
+    return run
+
+
+@transaction.atomic
+def run_retry(*, run: Run, actor) -> Run:
+    """Run a failed or cancelled run again from the node where it stopped, with fresh attempts. Side
+    effects it already made are replayed from the ledger, not made again."""
+    conversation = conversation_lock(conversation_id=run.conversation_id)
+    old = Run.objects.select_for_update().get(pk=run.pk)
+    if old.status not in (Run.Status.FAILED, Run.Status.CANCELLED):
+        raise Conflict(f"this run is {old.status}; only a failed or cancelled run can be retried")
+    if conversation.status != Conversation.Status.AI:
+        raise Conflict("a human has this conversation; return it to the AI before retrying its runs")
+    held = Run.objects.filter(conversation_id=conversation.pk, status__in=Run.ACTIVE).exists()
+    by = actor.get_username() if actor else None
+    fields = {"status": Run.Status.HELD} if held else engine.queued_fields()
+    run = run_commit(old, where=("TRUE", []), events=[("run.retried", {"by": by, "node": old.current_node})], fields={
+        **fields, "attempt": 1, "claims": 0, "sink": "", "reason": "", "finished_at": None})
+    if not held:
+        engine.run_enqueue(run)
+    audit_record(tenant_id=run.tenant_id, actor=actor, action="run.retry", obj=run,
+                 old={"status": old.status, "reason": old.reason}, new={"status": run.status})
+    return run
+
+
+def conversation_to_human(*, conversation_id) -> None:
+    """A human has the conversation now: the AI posts nothing more to it, and turns held behind its
+    active run are cancelled (their messages wait for the human). Call inside the human's transaction."""
+    conversation_lock(conversation_id=conversation_id)
+    Conversation.objects.filter(pk=conversation_id).update(status=Conversation.Status.HUMAN)
+    engine.next_turns_release(conversation_id=conversation_id, handed_over=True)
+
+
+def conversation_to_ai(*, conversation_id) -> None:
+    """The AI answers the conversation's next messages again."""
+    conversation_lock(conversation_id=conversation_id)
+    Conversation.objects.filter(pk=conversation_id).update(status=Conversation.Status.AI)
+
+
+def message_reply_post(*, conversation_id, author, text: str) -> Message:
+    """A human's reply in the conversation."""
+    conversation = conversation_lock(conversation_id=conversation_id)
+    return Message.objects.create(tenant_id=conversation.tenant_id, conversation=conversation,
+                                  role=Message.Role.HUMAN, text=text, author=author)

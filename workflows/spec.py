@@ -17,18 +17,17 @@
 finished node holding its output. Every node has exactly one default edge.
 """
 
-from functools import lru_cache
-
-import jmespath
 import jsonschema
 import yaml
 from jmespath.exceptions import JMESPathError
+
+from core.expressions import compile_expression
 
 FINISH = "FINISH"
 HANDOVER = "HANDOVER"
 SINKS = (FINISH, HANDOVER)
 RESERVED = (*SINKS, "input")  # `input` is the run state's key for the message
-DEFAULT_LIMITS = {"timeout_ms": 30_000, "max_retries": 2, "backoff": 200, "max_cost": None}
+DEFAULT_LIMITS = {"timeout_ms": 30_000, "max_retries": 2, "backoff": 200, "max_backoff": 60_000, "max_cost": None}
 
 _ID = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 64}
 SCHEMA = {
@@ -59,6 +58,7 @@ SCHEMA = {
                             "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000},
                             "max_retries": {"type": "integer", "minimum": 0, "maximum": 20},
                             "backoff": {"type": "integer", "minimum": 0, "maximum": 600_000},
+                            "max_backoff": {"type": "integer", "minimum": 0, "maximum": 3_600_000},
                             "max_cost": {"type": ["number", "null"], "minimum": 0},
                         },
                     },
@@ -82,11 +82,6 @@ class SpecError(ValueError):
     def __init__(self, errors: list[str]):
         super().__init__("; ".join(errors))
         self.errors = errors
-
-
-@lru_cache(maxsize=1024)
-def compile_expression(expression: str):
-    return jmespath.compile(expression)
 
 
 def load(text: str) -> dict:
@@ -178,7 +173,8 @@ APPROVAL_CONFIG = {
         "title": {"type": "string", "maxLength": 200},
         "payload": {"type": "string"},
         "schema": {"type": "object"},
-        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 31_536_000},
+        "on_expiry": {"enum": ["reject", "HANDOVER"]},
     },
 }
 
@@ -265,6 +261,3 @@ def next_node(spec: dict, node_id: str, state: dict) -> str:
             return edge["to"]
     return default
 
-
-def evaluate(expression: str, state: dict):
-    return compile_expression(expression).search(state)

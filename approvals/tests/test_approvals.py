@@ -5,8 +5,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from approvals.models import ApprovalRequest, AuditEntry
-from workflows import engine
+from accounts.models import AuditEntry
+from approvals.models import ApprovalRequest
+from approvals.services import approvals_expire
 from workflows.models import Message
 
 pytestmark = pytest.mark.django_db
@@ -141,7 +142,7 @@ def test_a_viewer_cannot_decide(tenant, member, client_for, waiting):
 def test_a_past_deadline_expires_it_and_the_run_takes_the_default_edge(waiting, drive):
     run, approval = waiting
     ApprovalRequest.objects.filter(pk=approval.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert engine.runs_sweep()["expired"] == 1
+    assert approvals_expire() == 1
     approval.refresh_from_db()
     assert approval.status == "expired" and approval.decided_by is None
     run = drive(run)
@@ -151,7 +152,7 @@ def test_a_past_deadline_expires_it_and_the_run_takes_the_default_edge(waiting, 
 
 def test_an_approval_before_its_deadline_is_not_expired(waiting):
     run, approval = waiting
-    assert engine.runs_sweep()["expired"] == 0
+    assert approvals_expire() == 0
     approval.refresh_from_db()
     assert approval.status == "pending" and approval.expires_at > timezone.now() + timedelta(minutes=59)
 
@@ -159,7 +160,7 @@ def test_an_approval_before_its_deadline_is_not_expired(waiting):
 def test_a_decision_after_expiry_is_409(api, waiting):
     _, approval = waiting
     ApprovalRequest.objects.filter(pk=approval.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    engine.runs_sweep()
+    approvals_expire()
     assert decision(api, approval, {"decision": "approve"}).status_code == 409
 
 

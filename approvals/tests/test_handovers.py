@@ -2,7 +2,8 @@
 
 import pytest
 
-from approvals.models import AuditEntry, HandoverTicket
+from accounts.models import AuditEntry
+from approvals.models import HandoverTicket
 from workflows.models import Conversation, Message, Run
 from workflows.tests.specs import HANDS
 

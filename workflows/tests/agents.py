@@ -3,6 +3,8 @@
 import time
 from decimal import Decimal
 
+from django.db import connection
+
 from agents.registry import AgentResult, StepContext, register
 from tools.services import tool_call_once
 
@@ -35,6 +37,14 @@ def hang(ctx: StepContext) -> dict:
     return {"hung": False}
 
 
+@register("test_pg_sleep")
+def pg_sleep(ctx: StepContext) -> dict:
+    """Spends its time in Postgres, where the step's deadline becomes a statement_timeout."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [ctx.config.get("ms", 0) / 1000])
+    return {"slept_ms": ctx.config.get("ms", 0)}
+
+
 @register("test_costly")
 def costly(ctx: StepContext) -> AgentResult:
     return AgentResult({"done": True}, cost=Decimal(str(ctx.config["cost"])))
@@ -43,6 +53,6 @@ def costly(ctx: StepContext) -> AgentResult:
 @register("test_side_effect")
 def side_effect(ctx: StepContext) -> dict:
     """Records a side effect once per idempotency key, then sleeps `ms` (a window to kill the worker in)."""
-    result = tool_call_once(ctx=ctx, tool="test.effect", args={"node": ctx.node_id}, call=lambda a: {"effect": True})
+    result = tool_call_once(ctx=ctx, tool="test.effect", args={"node": ctx.node_id}, call=lambda a, key: {"effect": True})
     time.sleep(ctx.config.get("ms", 0) / 1000)
     return result

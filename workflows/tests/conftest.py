@@ -18,7 +18,7 @@ class Worker:
     def __init__(self, log_path, concurrency=1):
         db_url = urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + connection.settings_dict["NAME"]).geturl()
         env = {**os.environ, "DATABASE_URL": db_url, "HIL_DEBUG": "1", "HIL_AGENT_MODULES": "workflows.tests.agents",
-               "HIL_LEASE_MARGIN_S": "1", "HIL_SWEEP_INTERVAL_S": "0.5", "HIL_LOG_LEVEL": "INFO"}
+               "HIL_LEASE_S": "3", "HIL_RESEND_AFTER_S": "1", "HIL_SWEEP_INTERVAL_S": "0.5", "HIL_LOG_LEVEL": "INFO"}
         self.log_path = log_path
         self.log = open(log_path, "w")
         schedule = os.path.join(os.path.dirname(log_path), f"beat-{os.getpid()}-{time.monotonic_ns()}")

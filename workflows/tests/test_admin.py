@@ -56,7 +56,7 @@ def test_a_valid_version_added_in_the_admin_is_published_by_the_action(admin_cli
 @pytest.mark.parametrize("model", [
     "accounts/tenant", "accounts/membership", "accounts/apitoken", "workflows/workflow", "workflows/workflowversion",
     "workflows/conversation", "workflows/message", "workflows/run", "workflows/runevent", "tools/toolcall",
-    "approvals/approvalrequest", "approvals/handoverticket", "approvals/auditentry",
+    "approvals/approvalrequest", "approvals/handoverticket", "accounts/auditentry",
 ])
 def test_every_model_is_in_the_admin(admin_client, model):
     assert admin_client.get(f"/admin/{model}/").status_code == 200

@@ -1,6 +1,7 @@
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from tools.models import ToolCall
 from workflows.models import Message, Run, Step
@@ -53,31 +54,35 @@ def test_retries_exhausted_hand_over_with_the_reason(tenant, converse, drive):
     run = drive(run)
     assert run.sink == "HANDOVER"
     assert run.steps.filter(status="failed").count() == 3
-    assert "node 'f' failed after 3 attempt(s): RuntimeError: flaky failure on attempt 3" == run.reason
+    assert "node 'f' failed after 3 attempts: RuntimeError: flaky failure on attempt 3" == run.reason
     ticket = conversation.handovers.get()
     assert ticket.status == "open" and ticket.reason == run.reason
     conversation.refresh_from_db()
     assert conversation.status == "awaiting_human"
 
 
-HANG = """
-entry: h
+SLOW_QUERY = """
+entry: q
 nodes:
-  - {id: h, agent: test_hang, limits: {timeout_ms: 300, max_retries: 0}, on_failure: fallback}
+  - {id: q, agent: test_pg_sleep, config: {ms: 60000}, limits: {timeout_ms: 300, max_retries: 0}, on_failure: fallback}
   - {id: fallback, agent: responder, config: {template: "sorry"}}
 edges:
-  - {from: h, to: FINISH}
+  - {from: q, to: FINISH}
   - {from: fallback, to: FINISH}
 """
 
 
-def test_a_hung_agent_is_cut_off_and_the_failure_path_taken(tenant, converse, drive):
-    _, run = converse(tenant, HANG)
+@pytest.mark.django_db(transaction=True)  # as on a worker: a cancelled query aborts no outer transaction
+def test_a_slow_query_is_cut_off_at_the_deadline_and_the_failure_path_taken(tenant, converse, drive):
+    _, run = converse(tenant, SLOW_QUERY)
     run = drive(run)
-    step = run.steps.get(node_id="h")
+    step = run.steps.get(node_id="q")
     assert step.status == "failed" and step.error == "timed out after 300 ms"
-    assert step.duration_ms() < 2000
+    assert step.duration_ms() < 5000
     assert run.sink == "FINISH" and Message.objects.get(run=run, role="ai").text == "sorry"
+    with connection.cursor() as cursor:  # the connection is usable, with no timeout left behind
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "0"
 
 
 COSTLY = """

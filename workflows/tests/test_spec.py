@@ -7,7 +7,7 @@ import pytest
 
 from workflows import services, spec
 from workflows.models import Message
-from workflows.services import ServiceError
+from core.errors import ServiceError
 
 DEMO = Path(__file__).resolve().parents[1] / "demo" / "customer_support.yaml"
 
