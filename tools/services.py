@@ -69,6 +69,8 @@ def _record(ctx, record: ToolCall, **fields) -> None:
 
 
 def _refusal(decision: dict) -> str:
-    by = f" by {decision['by']}" if decision.get("by") else ""
+    """'rejected by alice: too much', or 'expired: nobody decided in time'."""
+    if decision["decision"] == "expire":
+        return "expired: nobody decided in time"
     comment = f": {decision['comment']}" if decision.get("comment") else ""
-    return f"{decision['decision']}{by}{comment}"
+    return f"rejected by {decision.get('by') or 'a human'}{comment}"

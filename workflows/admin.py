@@ -121,9 +121,26 @@ class RunAdmin(admin.ModelAdmin):
     list_filter = ["tenant", "status", "sink"]
     readonly_fields = [f.name for f in Run._meta.fields]
     inlines = [StepInline, EventInline]
+    actions = ["cancel", "retry"]
 
     def has_add_permission(self, request):
         return False
+
+    @admin.action(description="Cancel the selected runs")
+    def cancel(self, request, queryset):
+        self._each(request, queryset, "cancelled", lambda run: services.run_cancel(run=run, actor=request.user))
+
+    @admin.action(description="Retry the selected runs (failed or cancelled)")
+    def retry(self, request, queryset):
+        self._each(request, queryset, "queued again", lambda run: services.run_retry(run=run, actor=request.user))
+
+    def _each(self, request, queryset, done: str, action) -> None:
+        for run in queryset:
+            try:
+                action(run)
+                messages.success(request, f"Run {run} {done}.")
+            except ServiceError as e:
+                messages.error(request, f"Run {run}: {e}")
 
 
 @admin.register(RunEvent)

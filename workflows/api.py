@@ -8,10 +8,11 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.auth import OperatorPermission
 from hil_project.api import TenantScopedMixin
 
-from . import services
-from .events import doorbell_subscribe, events_after
+from . import doorbells, services
+from .events import events_after
 from .models import Conversation, Run
 from .serializers import (
     ConversationCreateSerializer,
@@ -20,6 +21,7 @@ from .serializers import (
     MessageCreateSerializer,
     MessagePostedSerializer,
     MessageSerializer,
+    RunCancelSerializer,
     RunEventSerializer,
     RunSerializer,
 )
@@ -77,6 +79,34 @@ class RunDetailApi(TenantScopedMixin, generics.RetrieveAPIView):
         return self.tenant_queryset(Run.objects.select_related("workflow_version__workflow").prefetch_related("steps"))
 
 
+class RunActionApi(TenantScopedMixin, APIView):
+    permission_classes = [OperatorPermission]
+
+    def run(self, pk) -> Run:
+        return get_object_or_404(self.tenant_queryset(Run.objects), pk=pk)
+
+    def respond(self, run: Run) -> Response:
+        run = Run.objects.select_related("workflow_version__workflow").prefetch_related("steps").get(pk=run.pk)
+        return Response(RunSerializer(run).data)
+
+
+class RunCancelApi(RunActionApi):
+    @extend_schema(request=RunCancelSerializer, responses={200: RunSerializer, 409: OpenApiResponse(
+        description="the run has already ended")})
+    def post(self, request, pk):
+        run = self.run(pk)
+        body = RunCancelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return self.respond(services.run_cancel(run=run, actor=request.user, reason=body.validated_data["reason"]))
+
+
+class RunRetryApi(RunActionApi):
+    @extend_schema(request=None, responses={200: RunSerializer, 409: OpenApiResponse(
+        description="the run is neither failed nor cancelled, or a human has its conversation")})
+    def post(self, request, pk):
+        return self.respond(services.run_retry(run=self.run(pk), actor=request.user))
+
+
 class RunEventListApi(TenantScopedMixin, APIView):
     @extend_schema(parameters=[AFTER], responses={200: RunEventSerializer(many=True)})
     def get(self, request, pk):
@@ -103,18 +133,15 @@ class RunEventStreamApi(TenantScopedMixin, APIView):
 
 
 async def event_stream(run: Run, after: int, heartbeat_s: float = 15):
-    pubsub = await doorbell_subscribe(run.tenant_id, run.id)
-    try:
+    async with doorbells.listen(run.tenant_id, run.id) as bell:
         while True:
             for envelope in await database_sync_to_async(events_after)(run, after):
                 after = envelope["seq"]
                 yield f"id: {after}\nevent: {envelope['type']}\ndata: {json.dumps(envelope)}\n\n"
             if await database_sync_to_async(_run_over)(run.id, after):
                 return
-            if await pubsub.get_message(ignore_subscribe_messages=True, timeout=heartbeat_s) is None:
+            if not await bell.wait(heartbeat_s):
                 yield ": keep-alive\n\n"
-    finally:
-        await pubsub.aclose()
 
 
 def _run_over(run_id, seen: int) -> bool:

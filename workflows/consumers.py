@@ -13,7 +13,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from accounts.auth import authenticate_key, token_from_header
 
-from .events import doorbell_subscribe, events_after
+from . import doorbells
+from .events import events_after
 from .models import Run
 
 
@@ -33,10 +34,8 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
         except ValueError:
             self.sent = 0
         self.lock = asyncio.Lock()
-        self.pubsub = await doorbell_subscribe(self.run.tenant_id, self.run.id)
         await self.accept(subprotocol="bearer" if from_protocol else None)
-        self.listener = asyncio.create_task(self._listen())
-        await self._send_new()
+        self.follower = asyncio.create_task(self._follow())
 
     @staticmethod
     def _run_for(raw, run_id):
@@ -45,10 +44,11 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
             return None
         return Run.objects.filter(id=run_id, tenant_id=auth[1].tenant_id).first()
 
-    async def _listen(self):
-        async for message in self.pubsub.listen():
-            if message["type"] == "message":
+    async def _follow(self):
+        async with doorbells.listen(self.run.tenant_id, self.run.id) as bell:
+            while True:  # listening before the first read, so that no event falls between the two
                 await self._send_new()
+                await bell.wait()
 
     async def _send_new(self):
         async with self.lock:
@@ -73,7 +73,6 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
         await self._send_new()
 
     async def disconnect(self, code):
-        if getattr(self, "listener", None):
-            self.listener.cancel()
-        if getattr(self, "pubsub", None):
-            await self.pubsub.aclose()
+        if getattr(self, "follower", None):
+            self.follower.cancel()
+            await asyncio.wait([self.follower])  # it has stopped listening

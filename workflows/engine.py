@@ -1,7 +1,7 @@
 """The engine: walks a run's DAG on a Celery worker, one committed step at a time.
 
-A worker claims a run with a conditional update and holds a lease on it, which a heartbeat
-extends while a long step runs; every step's output is committed, fenced by that lease, before
+A worker claims a run with a conditional update and holds a lease on it, which a watch thread
+extends while a long step runs (and which kills a worker process whose step overstays); every step's output is committed, fenced by that lease, before
 the next step starts. Lease and wake-up times are on the database's clock. A run that waits on a
 human holds no worker. Whatever goes wrong between claiming a node and committing it (the agent,
 its output, routing, the approval request, the sink) is that node's failure, handled on its
@@ -12,6 +12,7 @@ HIL_MAX_CLAIMS tries. So a run can fail, but never loops.
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -65,8 +66,9 @@ def queue_for(spec: dict, node_id: str) -> str:
 
 
 def task_time_limit(spec: dict) -> float:
-    """The hard time limit of a task running this workflow: its longest step, the grace a step has
-    past its deadline, and as much again for the steps before it in the same task (see run_execute)."""
+    """The hard time limit of a task running this workflow: the outer backstop, should a worker child
+    be too stuck even for its watchdog (see _Watch). Twice the longest step, so that the steps before
+    it fit in the same task (see run_execute), and the grace a step has past its deadline."""
     longest = max(workflow_spec.limits(n)["timeout_ms"] for n in spec["nodes"]) / 1000
     return 2 * longest + settings.HIL_STEP_GRACE_S
 
@@ -182,7 +184,8 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
                                config=node.get("config", {}), state=run.state, holding=partial(_holding, run.id, lease))
     started = timezone.now()
     error, retryable, waiting = None, True, None
-    with _heartbeat().beating(run.id, lease), deadlines.deadline(limits["timeout_ms"] / 1000):
+    timeout_s = limits["timeout_ms"] / 1000
+    with _watcher().watching(run.id, lease, timeout_s), deadlines.deadline(timeout_s):
         try:
             with deadlines.database_deadline(connection):
                 result = registry.get(node["agent"])(ctx)
@@ -202,6 +205,8 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
         except Exception as e:  # an agent's failure is the run's to handle, not the worker's
             if deadlines.expired():
                 error = f"timed out after {limits['timeout_ms']} ms"
+            elif isinstance(e, TRANSIENT):  # our database is away: no attempt is spent, the sweeper retries
+                raise
             else:
                 log.info("run %s node %s attempt %s failed", run.id, node_id, run.attempt, exc_info=True)
                 error = f"{type(e).__name__}: {e}"
@@ -316,8 +321,8 @@ def _wait(run: Run, lease: str, node_id: str, call_key: str, request: dict) -> R
     """Ask a human and wait, holding no worker. For a call inside a node (`call_key`), the node runs
     again from the start once it is decided, and replays the calls before this one from the ledger."""
     with transaction.atomic():
-        approval_id = humans.desk.approval_open(run=run, node_id=node_id, call_key=call_key, request=request)
-        return _commit(run, lease, events=[("run.waiting", {"node": node_id, "approval": str(approval_id),
+        approval = humans.desk.approval_open(run=run, node_id=node_id, call_key=call_key, request=request)
+        return _commit(run, lease, events=[("run.waiting", {"node": node_id, "approval": str(approval.id),
                                                             **({"call": call_key} if call_key else {})})],
                        status=Run.Status.WAITING, lease_owner="", lease_expires_at=None, claims=0)
 
@@ -402,21 +407,25 @@ def _reply_of(run: Run) -> str | None:
     return None
 
 
-# --- the lease's heartbeat ---------------------------------------------------------------
+# --- the watch over a step --------------------------------------------------------------
 
 
-class _Heartbeat(threading.Thread):
-    """Extends the lease on the run this process is stepping, every third of HIL_LEASE_S, for as
-    long as the step lasts; a worker that dies stops extending it, and its run is taken over soon."""
+class _Watch(threading.Thread):
+    """Watches the step this process runs. Every third of HIL_LEASE_S it extends the run's lease, so
+    that a worker that dies stops extending it and its run is taken over soon. In a worker process it
+    also kills the process once the step overstays its deadline by HIL_STEP_GRACE_S: the pool starts a
+    new one, and the run is taken over (and given up on after HIL_MAX_CLAIMS tries)."""
+
+    kills = False  # set in Celery's worker processes (hil_project/celery.py); never in a web or test process
 
     def __init__(self):
-        super().__init__(name="hil-lease-heartbeat", daemon=True)
+        super().__init__(name="hil-step-watch", daemon=True)
         self.pid, self.held, self.changed = os.getpid(), None, threading.Condition()
 
     @contextmanager
-    def beating(self, run_id, lease: str):
+    def watching(self, run_id, lease: str, timeout_s: float):
         with self.changed:
-            self.held = (run_id, lease)
+            self.held = (run_id, lease, time.monotonic() + timeout_s + settings.HIL_STEP_GRACE_S)
             self.changed.notify()
         try:
             yield
@@ -431,27 +440,37 @@ class _Heartbeat(threading.Thread):
                 while self.held is None:
                     self.changed.wait()
                 held = self.held
-                self.changed.wait(settings.HIL_LEASE_S / 3)
+                run_id, lease, kill_at = held
+                self.changed.wait(min(settings.HIL_LEASE_S / 3, max(0.0, kill_at - time.monotonic())))
                 if self.held is not held:
                     continue
+            if self.kills and time.monotonic() >= kill_at:
+                log.error("run %s: the step overstayed its deadline and grace; stopping this worker process", run_id)
+                os.kill(os.getpid(), signal.SIGKILL)
             try:  # a lost lease is noticed by the step's own fenced commit
-                Run.objects.filter(id=held[0], status=Run.Status.RUNNING, lease_owner=held[1]).update(
+                Run.objects.filter(id=run_id, status=Run.Status.RUNNING, lease_owner=lease).update(
                     lease_expires_at=Now() + timedelta(seconds=settings.HIL_LEASE_S))
             except DatabaseError as e:
-                log.warning("lease of run %s not extended: %s", held[0], e)
+                log.warning("lease of run %s not extended: %s", run_id, e)
                 connection.close()
 
 
-_beat: _Heartbeat | None = None
+_watch: _Watch | None = None
 
 
-def _heartbeat() -> _Heartbeat:
-    """This process's heartbeat thread, started on first use (in a worker child, after the fork)."""
-    global _beat
-    if _beat is None or _beat.pid != os.getpid():
-        _beat = _Heartbeat()
-        _beat.start()
-    return _beat
+def steps_stopped_when_overstaying() -> None:
+    """Make this process kill itself when a step overstays its deadline and grace: for Celery's worker
+    processes (prefork), whose pool replaces them."""
+    _Watch.kills = True
+
+
+def _watcher() -> _Watch:
+    """This process's watch thread, started on first use (in a worker child, after the fork)."""
+    global _watch
+    if _watch is None or _watch.pid != os.getpid():
+        _watch = _Watch()
+        _watch.start()
+    return _watch
 
 
 # --- the sweeper -------------------------------------------------------------------------

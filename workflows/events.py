@@ -5,7 +5,6 @@ Clients that miss a doorbell lose nothing: they read `?after=<seq>` from the dat
 import logging
 
 import redis
-import redis.asyncio
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -93,14 +92,6 @@ def doorbell_ring(tenant_id: int, run_id, seq: int) -> None:
         _client.publish(doorbell_channel(tenant_id, run_id), seq)
     except redis.RedisError as e:  # listeners catch up from the database
         log.warning("doorbell for run %s not rung: %s", run_id, e)
-
-
-async def doorbell_subscribe(tenant_id: int, run_id):
-    """A Redis pub/sub subscribed to one run's doorbell; the caller closes it."""
-    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
-    pubsub = client.pubsub()
-    await pubsub.subscribe(doorbell_channel(tenant_id, run_id))
-    return pubsub
 
 
 def events_after(run, after: int, limit: int = 1000) -> list[dict]:

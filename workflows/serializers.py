@@ -77,5 +77,10 @@ class RunEventSerializer(serializers.Serializer):
     data = serializers.JSONField()
 
 
+class RunCancelSerializer(serializers.Serializer):
+    reason = StrictCharField(required=False, allow_blank=True, default="", max_length=2000,
+                             help_text="Why; kept on the run and in the audit log.")
+
+
 class EventsQuerySerializer(serializers.Serializer):
     after = serializers.IntegerField(min_value=0, default=0, help_text="Return events with seq greater than this.")

@@ -9,7 +9,7 @@ from . import engine
 @shared_task(bind=True, acks_late=True)
 def run_execute_task(self, run_id: str) -> None:
     engine.run_execute(run_id=run_id, queue=(self.request.delivery_info or {}).get("routing_key"),
-                       time_limit=(self.request.timelimit or (None, None))[1])
+                       time_limit=(self.request.timelimit or (None, None))[0])  # (hard, soft)
 
 
 @shared_task(time_limit=60)

@@ -1,5 +1,7 @@
 """Agents for tests, loaded as a plug-in module (HIL_AGENT_MODULES) in tests and their workers."""
 
+import os
+import signal
 import time
 from decimal import Decimal
 
@@ -56,3 +58,76 @@ def side_effect(ctx: StepContext) -> dict:
     result = tool_call_once(ctx=ctx, tool="test.effect", args={"node": ctx.node_id}, call=lambda a, key: {"effect": True})
     time.sleep(ctx.config.get("ms", 0) / 1000)
     return result
+
+
+def external_effect(path: str):
+    """An external system for tests: appends each call's idempotency key to the file at `path`, so that
+    a test (and other processes) can count calls and distinct keys."""
+
+    def call(args: dict, key: str) -> dict:
+        with open(path, "a") as f:
+            f.write(f"{key}\n")
+        return {"done": True, **args}
+
+    return call
+
+
+@register("test_effects")
+def effects(ctx: StepContext) -> dict:
+    """Calls the tool `test.effect` once per item of `calls` (args each), recorded in the file `log`;
+    then fails if this attempt is one of the first `failures`. With `die_after_effect`, the first
+    worker to act kills itself between the effect and its record in the ledger."""
+    log = ctx.config["log"]
+    call = external_effect(log)
+    if ctx.config.get("die_after_effect"):
+        def call(args, key, act=call):
+            result = act(args, key)
+            if not os.path.exists(log + ".died"):
+                open(log + ".died", "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+    results = [tool_call_once(ctx=ctx, tool="test.effect", args=args, call=call) for args in ctx.config["calls"]]
+    if ctx.attempt <= ctx.config.get("failures", 0):
+        raise RuntimeError(f"failed after its effects, on attempt {ctx.attempt}")
+    time.sleep(ctx.config.get("ms", 0) / 1000)
+    return {"results": results}
+
+
+@register("test_attempt_args")
+def attempt_args(ctx: StepContext) -> dict:
+    """A careless agent: its call's arguments change from one attempt to the next."""
+    tool_call_once(ctx=ctx, tool="test.effect", args={"attempt": ctx.attempt}, call=external_effect(ctx.config["log"]))
+    raise RuntimeError("fails, to be retried")
+
+
+@register("test_gated")
+def gated(ctx: StepContext) -> dict:
+    """Acts, then makes a call that waits for a human (`pay`, with `amount`), then acts again."""
+    call = external_effect(ctx.config["log"])
+    before = tool_call_once(ctx=ctx, tool="test.before", args={}, call=call)
+    paid = tool_call_once(ctx=ctx, tool="test.pay", args={"amount": ctx.config["amount"]}, call=call,
+                          approval={"title": "Pay?", "schema": {"type": "object", "required": ["amount"]},
+                                    **ctx.config.get("approval", {})})
+    after = tool_call_once(ctx=ctx, tool="test.after", args={}, call=call)
+    return {"before": before, "paid": paid, "after": after}
+
+
+@register("test_die")
+def die(ctx: StepContext) -> dict:
+    """Kills its worker every time, as the kernel's out-of-memory killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+@register("test_output")
+def output(ctx: StepContext):
+    """Returns `config.output` as it is, or a value that no JSON column can store (`config.bad`)."""
+    bad = {"nul": {"text": "a\x00b"}, "surrogate": {"text": "\ud800"}, "nan": {"x": float("nan")},
+           "big": {"text": "x" * (2 * 1024 * 1024)}, "object": {"x": object()}}
+    return bad[ctx.config["bad"]] if "bad" in ctx.config else ctx.config["output"]
+
+
+@register("test_other_queue", queue="other")
+def other_queue(ctx: StepContext) -> dict:
+    """Runs on workers of the queue `<HIL_QUEUE>.other`."""
+    return {"queue": "other"}

@@ -7,28 +7,35 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 
 from hil_project.celery import app as celery_app
 
 
-class Worker:
-    """A real Celery worker process (with the sweeper's beat) on the test database."""
+# Short leases and quick sweeps, so that tests see a dead worker's run taken over within seconds.
+WORKER_ENV = {"HIL_DEBUG": "1", "HIL_AGENT_MODULES": "workflows.tests.agents", "HIL_LEASE_S": "3",
+              "HIL_RESEND_AFTER_S": "1", "HIL_SWEEP_INTERVAL_S": "0.5", "HIL_STEP_GRACE_S": "1", "HIL_MAX_CLAIMS": "2",
+              "HIL_LOG_LEVEL": "INFO"}
 
-    def __init__(self, log_path, concurrency=1):
+
+class Worker:
+    """A real Celery worker process (with the sweeper's beat) on the test database and this session's queues."""
+
+    def __init__(self, log_path, concurrency=1, queues=("",), pool="prefork", wait=True):
         db_url = urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + connection.settings_dict["NAME"]).geturl()
-        env = {**os.environ, "DATABASE_URL": db_url, "HIL_DEBUG": "1", "HIL_AGENT_MODULES": "workflows.tests.agents",
-               "HIL_LEASE_S": "3", "HIL_RESEND_AFTER_S": "1", "HIL_SWEEP_INTERVAL_S": "0.5", "HIL_LOG_LEVEL": "INFO"}
+        env = {**os.environ, "DATABASE_URL": db_url, **WORKER_ENV}
+        default = celery_app.conf.task_default_queue
         self.log_path = log_path
         self.log = open(log_path, "w")
         schedule = os.path.join(os.path.dirname(log_path), f"beat-{os.getpid()}-{time.monotonic_ns()}")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "hil_project", "worker", "-B", "-s", schedule,
-             "-Q", celery_app.conf.task_default_queue, "-c", str(concurrency), "-l", "info",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            [sys.executable, "-m", "celery", "-A", "hil_project", "worker", "-B", "-s", schedule, "-P", pool,
+             "-Q", ",".join(f"{default}.{q}" if q else default for q in queues), "-c", str(concurrency),
+             "-l", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=settings.BASE_DIR,
         )
-        self._wait_for("ready.", 60)
+        if wait:
+            self._wait_for("ready.", 90)
 
     def _wait_for(self, text, timeout):
         deadline = time.monotonic() + timeout
@@ -39,6 +46,10 @@ class Worker:
                 raise RuntimeError("worker exited:\n" + open(self.log_path).read())
             time.sleep(0.05)
         raise TimeoutError(f"worker not {text!r} after {timeout}s:\n" + open(self.log_path).read())
+
+    def log_count(self, *texts: str) -> int:
+        """How many lines of the worker's log hold all of `texts`."""
+        return sum(all(t in line for t in texts) for line in open(self.log_path))
 
     def kill(self):
         """SIGKILL the worker and its pool children at once: nothing gets to clean up."""
@@ -60,8 +71,8 @@ def start_worker(transactional_db, tmp_path):
     """start_worker(concurrency=1) -> a running Worker; all are stopped after the test."""
     workers = []
 
-    def start(concurrency=1):
-        workers.append(Worker(str(tmp_path / f"worker{len(workers)}.log"), concurrency))
+    def start(concurrency=1, **options):
+        workers.append(Worker(str(tmp_path / f"worker{len(workers)}.log"), concurrency, **options))
         return workers[-1]
 
     yield start
@@ -69,11 +80,16 @@ def start_worker(transactional_db, tmp_path):
         worker.stop()
 
 
-def wait_until(predicate, timeout=30, interval=0.05, what="condition"):
+def wait_until(predicate, timeout=90, interval=0.05, what="condition"):
+    """Poll `predicate` until it returns something true. The timeout only bounds a failing test: it is
+    long, so that a busy machine passes as a quiet one does. Survives a database restart meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if value := predicate():
-            return value
+        try:
+            if value := predicate():
+                return value
+        except (OperationalError, InterfaceError):  # the server restarted: connect again
+            connection.close()
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 

@@ -52,7 +52,7 @@ def test_a_worker_killed_mid_step_is_replaced_and_the_run_resumes_without_repeat
         ("before", 1), ("effect", 1), ("reply", 1)]
     assert_each_step_once(run)
     resumed = RunEvent.objects.filter(run=run, type="run.started").order_by("seq").values_list("data", flat=True)
-    assert [d["resumed"] for d in resumed] == [False, True]
+    assert [d["resumed"] for d in resumed] == [False, True], list(run.events.values_list("seq", "type", "data", "ts"))
     assert Message.objects.filter(run=run, role="ai").count() == 1
 
 

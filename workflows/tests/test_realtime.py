@@ -2,14 +2,19 @@
 
 import asyncio
 import json
+import uuid
 
 import pytest
+import redis.asyncio
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.db import connections
 from django.test import AsyncClient
 
 from hil_project.asgi import application
+from workflows import api, doorbells
+from workflows.events import doorbell_ring
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,17 +97,20 @@ async def test_a_socket_cannot_open_another_tenants_run_or_without_a_token(setup
         assert (connected, code) == (False, 4404)
 
 
-async def event_stream(run, token, after=0):
+async def stream_events(run, token, after=0):
+    """The event stream's envelopes as they arrive."""
     response = await AsyncClient().get(f"/api/v1/runs/{run.id}/events/stream/?after={after}",
                                        headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
-    events = []
     async for chunk in response.streaming_content:
         for block in chunk.decode().split("\n\n"):
             data = [line[6:] for line in block.splitlines() if line.startswith("data: ")]
             if data:
-                events.append(json.loads(data[0]))
-    return events
+                yield json.loads(data[0])
+
+
+async def event_stream(run, token, after=0):
+    return [event async for event in stream_events(run, token, after)]
 
 
 async def test_the_event_stream_sends_new_events_live_and_ends_with_the_run(setup, drive):
@@ -120,3 +128,97 @@ async def test_the_event_stream_of_a_finished_run_starts_after_the_given_seq(set
     await sync_to_async(drive)(run)
     events = await asyncio.wait_for(event_stream(run, token, after=4), 10)
     assert [e["seq"] for e in events] == [5]
+
+
+async def eventually(predicate, timeout=30):
+    """Await `predicate()` until it returns something true; the timeout only bounds a failing test."""
+    async with asyncio.timeout(timeout):
+        while not (value := await predicate()):
+            await asyncio.sleep(0.02)
+        return value
+
+
+async def hub_connections():
+    """The doorbell hubs' connections on this test's Redis (only this process has any)."""
+    async with redis.asyncio.Redis.from_url(settings.REDIS_URL) as client:
+        return [c for c in await client.client_list(_type="pubsub") if c["name"] == doorbells.CLIENT_NAME]
+
+
+async def test_every_client_of_a_process_shares_one_redis_connection_and_gets_each_new_event(setup, drive):
+    run, token = setup
+    sockets = [socket(run.id, token) for _ in range(20)]
+    for ws in sockets:
+        assert (await ws.connect())[0]
+        assert (await ws.receive_json_from(timeout=5))["seq"] == 1
+    stream = stream_events(run, token)
+    assert (await anext(stream))["seq"] == 1  # the stream is listening too
+
+    [connection] = await eventually(hub_connections)
+    assert connection["psub"] == "1"  # one pattern for every run: no subscribe per client
+    await sync_to_async(drive)(run)
+    for ws in sockets:
+        assert [e["seq"] for e in await receive_until_finished(ws)] == [2, 3, 4, 5]
+    assert [e["seq"] async for e in stream] == [2, 3, 4, 5]
+    assert [c["id"] for c in await hub_connections()] == [connection["id"]]
+
+    await asyncio.gather(*(ws.disconnect() for ws in sockets))
+
+    async def closed():  # by the last client out
+        return not await hub_connections()
+    assert await eventually(closed)
+
+
+async def test_a_doorbell_wakes_only_the_clients_of_its_own_run_and_tenant():
+    run_x, run_y = uuid.uuid4(), uuid.uuid4()
+    ring = sync_to_async(doorbell_ring)
+    async with (doorbells.listen(1, run_x) as x, doorbells.listen(1, run_y) as y,
+                doorbells.listen(2, run_x) as other_tenant_x):
+        for bell in (x, y, other_tenant_x):
+            assert await bell.wait(10)  # the hub has subscribed: everyone reads the database once
+
+        await ring(1, run_x, 7)
+        await ring(1, run_y, 7)
+        assert await y.wait(10)  # Redis delivers in order: run X's doorbell was handled before
+        assert await x.wait(0) and not await other_tenant_x.wait(0)
+
+        await ring(2, run_x, 7)
+        await ring(1, run_y, 8)
+        assert await y.wait(10)
+        assert await other_tenant_x.wait(0) and not await x.wait(0)
+
+
+async def test_a_socket_gets_new_events_after_the_hubs_redis_connection_is_killed(setup, drive):
+    run, token = setup
+    ws = socket(run.id, token)
+    assert (await ws.connect())[0]
+    assert (await ws.receive_json_from(timeout=5))["seq"] == 1
+    [killed] = await eventually(hub_connections)
+    async with redis.asyncio.Redis.from_url(settings.REDIS_URL) as client:
+        assert await client.client_kill_filter(_id=killed["id"]) == 1
+
+    await sync_to_async(drive)(run)  # doorbells rung while the hub may still be away are read from the database
+    assert [e["seq"] for e in await receive_until_finished(ws)] == [2, 3, 4, 5]
+
+    async def reconnected():
+        found = await hub_connections()
+        return len(found) == 1 and found[0]["id"] != killed["id"] and found[0]["psub"] == "1"
+    assert await eventually(reconnected)
+    await ws.disconnect()
+
+
+async def test_while_redis_is_down_clients_wait_and_catch_up_once_it_is_back(setup, drive, settings):
+    run, token = setup
+    redis_url, settings.REDIS_URL = settings.REDIS_URL, "redis://127.0.0.1:1"  # nothing listens there
+    ws = socket(run.id, token)
+    assert (await ws.connect())[0]
+    assert (await ws.receive_json_from(timeout=5))["seq"] == 1
+    stream = api.event_stream(run, 0, heartbeat_s=0.05)
+    assert "run.queued" in await anext(stream)
+    assert [await anext(stream) for _ in range(3)] == [": keep-alive\n\n"] * 3
+
+    settings.REDIS_URL = redis_url
+    await sync_to_async(drive)(run)  # its doorbells may ring before the hub is back
+    assert [e["seq"] for e in await receive_until_finished(ws, timeout=30)] == [2, 3, 4, 5]
+    assert [chunk.split("\n")[0] async for chunk in stream if not chunk.startswith(":")] == [
+        "id: 2", "id: 3", "id: 4", "id: 5"]
+    await ws.disconnect()

@@ -1,0 +1,105 @@
+"""One Redis subscriber per event loop that fans run doorbells out to every SSE and WebSocket client on it.
+
+    async with doorbells.listen(tenant_id, run_id) as bell:
+        ...read the database...
+        rang = await bell.wait(timeout)
+
+A bell is set by a doorbell of its own run and tenant, and by the hub (re)subscribing: a doorbell
+rung while nobody listened is in the database, so a client listens first, then reads, then waits.
+The hub's Redis connection opens with the first listener and closes when the last one leaves."""
+
+import asyncio
+import logging
+import weakref
+from collections import defaultdict
+from contextlib import asynccontextmanager
+
+import redis
+import redis.asyncio
+from django.conf import settings
+
+from .events import doorbell_channel
+
+log = logging.getLogger(__name__)
+CLIENT_NAME = "hil-doorbells"
+PATTERN = doorbell_channel("*", "*")  # every run of every tenant: one subscription, never changed
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5  # the wait before connecting again doubles up to the cap
+
+
+class Bell:
+    def __init__(self):
+        self._rang = asyncio.Event()
+
+    def ring(self) -> None:
+        self._rang.set()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """True once rung since the last wait returned True (at once if it already was); False after `timeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._rang.wait()
+        except TimeoutError:
+            return False
+        self._rang.clear()
+        return True
+
+
+class _Hub:
+    def __init__(self):
+        self.bells: dict[str, set[Bell]] = defaultdict(set)
+        self.reader: asyncio.Task | None = None
+
+    def add(self, channel: str, bell: Bell) -> None:
+        self.bells[channel].add(bell)
+        if self.reader is None:
+            self.reader = asyncio.create_task(self._read(), name=CLIENT_NAME)
+
+    async def remove(self, channel: str, bell: Bell) -> None:
+        self.bells[channel].discard(bell)
+        if not self.bells[channel]:
+            del self.bells[channel]
+        if not self.bells and self.reader is not None:
+            reader, self.reader = self.reader, None
+            reader.cancel()
+            await asyncio.wait([reader])  # its connection is closed before the last listener has left
+
+    def ring_all(self) -> None:
+        for bells in self.bells.values():
+            for bell in bells:
+                bell.ring()
+
+    async def _read(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while True:
+            client = redis.asyncio.Redis.from_url(settings.REDIS_URL, client_name=CLIENT_NAME)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.psubscribe(PATTERN)
+                    async for message in pubsub.listen():
+                        if message["type"] == "psubscribe":  # doorbells rung before this are in the database only
+                            backoff = BACKOFF_MIN_S
+                            self.ring_all()
+                        elif message["type"] == "pmessage":
+                            for bell in self.bells.get(message["channel"].decode(), ()):
+                                bell.ring()
+            except (redis.RedisError, OSError) as e:  # listeners wait on; SSE keeps sending keep-alives
+                log.warning("doorbells: Redis lost (%s), connecting again in %.1fs", e, backoff)
+            finally:
+                await client.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+
+_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def listen(tenant_id: int, run_id):
+    """A bell rung by each doorbell of this run, on this event loop's shared subscriber."""
+    hub = _hubs.setdefault(asyncio.get_running_loop(), _Hub())
+    channel, bell = doorbell_channel(tenant_id, run_id), Bell()
+    hub.add(channel, bell)
+    try:
+        yield bell
+    finally:
+        await hub.remove(channel, bell)

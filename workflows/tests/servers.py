@@ -1,0 +1,31 @@
+"""The test session's own Postgres and Redis, which `make test` starts for it in a temporary folder:
+fault tests stop and start them. With DATABASE_URL or REDIS_URL set there are none to restart."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hil_project import launcher
+
+PGDATA = os.environ.get("HIL_EMBEDDED_PGDATA")
+REDIS_DIR = os.environ.get("HIL_EMBEDDED_REDIS")
+
+needs_own_servers = pytest.mark.skipif(
+    not (PGDATA and REDIS_DIR), reason="restarts the Postgres and Redis that `make test` starts for itself; "
+                                       "with DATABASE_URL or REDIS_URL set, it has none")
+
+
+def postgres_restart() -> None:
+    """Stop Postgres (every connection is cut, statements in flight fail), then start it again."""
+    import pgserver
+
+    pgdata = Path(PGDATA)
+    pgserver.pg_ctl(["-m", "fast", "-w", "-l", str(pgdata / "log"), "restart"], pgdata=pgdata,
+                    user="pgserver" if os.geteuid() == 0 else None, timeout=60)
+
+
+def redis_restart() -> None:
+    """Stop Redis, which keeps nothing on disk (queued task messages are lost), then start it on its port."""
+    launcher.redis_stop(Path(REDIS_DIR), forget_port=False)
+    launcher.redis_start(Path(REDIS_DIR))
