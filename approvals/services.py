@@ -1,7 +1,7 @@
 from datetime import timedelta
 
 import jsonschema
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Tenant
@@ -39,6 +39,7 @@ def approval_open(*, run, node_id: str, call_key: str, request: dict) -> Approva
 def approval_decide(*, approval: ApprovalRequest, decision: str, actor=None, payload: dict | None = None,
                     comment: str = "") -> ApprovalRequest:
     """Decide once: a second decision, concurrent or late, is refused with Conflict. The run goes on."""
+    conversations.run_lock(run_id=approval.run_id)  # a run before its approvals, as cancelling it does
     approval = ApprovalRequest.objects.select_for_update(of=("self",)).select_related("run").get(pk=approval.pk)
     if approval.status != ApprovalRequest.Status.PENDING:
         raise Conflict(f"this approval was already decided ({approval.status})")
@@ -97,17 +98,11 @@ def approvals_withdraw(*, run) -> None:
 
 
 def handover_open(*, run, reason: str) -> HandoverTicket:
-    """The conversation's live ticket, opened with the case file a human needs if there is none."""
-    ticket = _ticket_live(run.conversation_id)
-    if ticket is None:
-        try:
-            with transaction.atomic():
-                ticket = HandoverTicket.objects.create(tenant_id=run.tenant_id, conversation_id=run.conversation_id,
-                                                       run=run, reason=reason, case_file=_case_file(run, reason))
-        except IntegrityError:  # a human took the conversation over at the same moment
-            ticket = _ticket_live(run.conversation_id)
-    events_append(run, ("handover.opened", {"ticket": str(ticket.id), "reason": reason}))
-    return ticket
+    """The conversation's live ticket, opened with the case file a human needs if there is none. Call with
+    the conversation locked, as every change of its owner is: no one else can open one meanwhile."""
+    return _ticket_live(run.conversation_id) or HandoverTicket.objects.create(
+        tenant_id=run.tenant_id, conversation_id=run.conversation_id, run=run, reason=reason,
+        case_file=_case_file(run, reason))
 
 
 def _ticket_live(conversation_id) -> HandoverTicket | None:

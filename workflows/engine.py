@@ -9,6 +9,7 @@ failure path; a run whose workers keep dying on the same node is taken there aft
 HIL_MAX_CLAIMS tries. So a run can fail, but never loops.
 """
 
+import copy
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache, partial
@@ -158,6 +160,19 @@ def _elsewhere(spec: dict, node_id: str, queue: str | None, time_left: float | N
     return time_left is not None and time_left < needs
 
 
+@dataclass
+class _Commit:
+    """What one statement commits for a run: its new field values, rows to insert and events, in order.
+    Two add up, so that a run's last step and its end are committed as one."""
+
+    fields: dict = field(default_factory=dict)
+    rows: tuple = ()
+    events: list = field(default_factory=list)
+
+    def __add__(self, other: "_Commit") -> "_Commit":
+        return _Commit({**self.fields, **other.fields}, (*self.rows, *other.rows), [*self.events, *other.events])
+
+
 def _commit(run: Run, lease: str, *, events: list[tuple[str, dict]], rows: tuple = (), **fields) -> Run:
     """Commit fields, rows and events of a run this worker holds; LeaseLost if it no longer does."""
     updated = run_commit(run, lease=lease, fields=fields, events=events, rows=rows)
@@ -224,14 +239,15 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
     if error is None:
         step.status, step.output, step.cost = Step.Status.SUCCEEDED, result.output, result.cost
         reason = f"node '{node_id}' routed the conversation to a human" if next_id == workflow_spec.HANDOVER else ""
-        commit = partial(_commit, run, lease, rows=(step,), events=[("step.succeeded", {
+        done = _Commit(rows=(step,), events=[("step.succeeded", {
             "node": node_id, "attempt": step.attempt, "output": result.output, "cost": str(result.cost),
-            "usage": result.usage, "duration_ms": duration_ms})], state=state, current_node=next_id, attempt=1,
-            claims=0, cost=run.cost + result.cost, reason=reason, lease_expires_at=db_now(settings.HIL_LEASE_S))
+            "usage": result.usage, "duration_ms": duration_ms})], fields={
+            "state": state, "current_node": next_id, "attempt": 1, "claims": 0, "cost": run.cost + result.cost,
+            "reason": reason, "lease_expires_at": db_now(settings.HIL_LEASE_S)})
         try:
             if next_id not in workflow_spec.SINKS:
-                return commit()
-            return _sink_reach(run, lease, step_commit=commit, reply=result.output.get("reply"))
+                return _commit(run, lease, rows=done.rows, events=done.events, **done.fields)
+            return _sink_reach(run, lease, last_step=done, reply=result.output.get("reply"))
         except TRANSIENT:
             raise
         except DatabaseError as e:  # what the checks above did not foresee, the database refused
@@ -277,8 +293,8 @@ def _node_failed(run: Run, lease: str, spec: dict, node_id: str, *, error: str, 
     """Take the run down the failure path of `node_id`: a node's `on_failure` (by default HANDOVER).
     A sink that fails: FINISH hands over instead, and a failed HANDOVER ends the run as failed."""
     if node_id == workflow_spec.HANDOVER:
-        return _run_end(run, lease, status=Run.Status.FAILED, reason=f"the handover failed: {error}",
-                        event=("run.failed", {"sink": node_id, "error": error}))
+        return _run_end(run, lease, _Commit({"status": Run.Status.FAILED, "reason": f"the handover failed: {error}"},
+                                            events=[("run.failed", {"sink": node_id, "error": error})]))
     if node_id == workflow_spec.FINISH:
         return _commit(run, lease, events=[("run.sink_failed", {"sink": node_id, "error": error,
                                                                 "next": workflow_spec.HANDOVER})],
@@ -330,28 +346,42 @@ def _wait(run: Run, lease: str, node_id: str, call_key: str, request: dict) -> R
 # --- the end of a run --------------------------------------------------------------------
 
 
-def _sink_reach(run: Run, lease: str, *, step_commit=None, reply=None) -> Run:
-    """End the run in its sink, with the last step's commit when given: FINISH posts the reply (`reply`,
-    or the last one a step wrote) if the AI still owns the conversation, and keeps it as a suggestion for
-    the human otherwise; HANDOVER opens a ticket. A sink that fails takes the failure path."""
+def _sink_reach(run: Run, lease: str, *, last_step: _Commit | None = None, reply=None) -> Run:
+    """End the run in its sink, in one statement with its last step when given. FINISH posts the reply
+    (`reply`, or the last one a step wrote) if the AI still owns the conversation, and keeps it as a
+    suggestion for the human otherwise; HANDOVER opens a ticket. A sink that fails takes the failure path."""
+    last_step = last_step or _Commit()
+    ending = copy.copy(run)  # the run as its last step leaves it: what the sink decides on
+    ending.state, ending.reason = last_step.fields.get("state", run.state), last_step.fields.get("reason", run.reason)
+    sink = last_step.fields.get("current_node", run.current_node)
     try:
         with transaction.atomic():
-            if step_commit is not None:
-                run = step_commit()
-            owner = Conversation.objects.select_for_update().values_list("status", flat=True).get(pk=run.conversation_id)
-            if run.current_node == workflow_spec.HANDOVER:
-                return _handover(run, lease, owner)
-            return _finish(run, lease, owner, reply if isinstance(reply, str) else _reply_of(run))
+            owner, held = _conversation_lock(run.conversation_id)  # first: the order every change of it takes
+            if sink == workflow_spec.HANDOVER:
+                end = _handover(ending, owner)
+            else:
+                end = _finish(ending, owner, reply if isinstance(reply, str) else _reply_of(run))
+            return _run_end(run, lease, last_step + end, turns_held=held)
     except (LeaseLost, *TRANSIENT):
         raise
     except Exception as e:
-        log.exception("run %s: sink %s failed", run.id, run.current_node)
-        if step_commit is not None:  # the step itself was fine: keep it, then take the failure path
-            run = step_commit()
-        return _node_failed(run, lease, {}, run.current_node, error=f"{type(e).__name__}: {e}")
+        log.exception("run %s: sink %s failed", run.id, sink)
+        if last_step.rows:  # the step itself was fine: keep it, then take the failure path
+            run = _commit(run, lease, rows=last_step.rows, events=last_step.events, **last_step.fields)
+        return _node_failed(run, lease, {}, sink, error=f"{type(e).__name__}: {e}")
 
 
-def _finish(run: Run, lease: str, owner: str, reply: str | None) -> Run:
+def _conversation_lock(conversation_id) -> tuple[str, bool]:
+    """Lock the conversation (the order of its turns and who owns it are decided under this lock);
+    return who owns it, and whether turns are held behind the run that ends, in one statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT status, EXISTS (SELECT 1 FROM {Run._meta.db_table} WHERE conversation_id = %s"
+                       f" AND status = %s) FROM {Conversation._meta.db_table} WHERE id = %s FOR UPDATE",
+                       [conversation_id, Run.Status.HELD, conversation_id])
+        return cursor.fetchone()
+
+
+def _finish(run: Run, owner: str, reply: str | None) -> _Commit:
     data, rows, reason = {"sink": workflow_spec.FINISH}, (), ""
     if reply is not None and owner == Conversation.Status.AI:
         rows = (Message(tenant_id=run.tenant_id, conversation_id=run.conversation_id, role=Message.Role.AI,
@@ -360,26 +390,26 @@ def _finish(run: Run, lease: str, owner: str, reply: str | None) -> Run:
     elif reply is not None:  # a human took the conversation over while the run was working
         data["suggestion"] = reply
         reason = "a human took the conversation over; the reply is kept as a suggestion for them"
-    return _run_end(run, lease, status=Run.Status.DONE, sink=workflow_spec.FINISH, rows=rows,
-                    event=("run.finished", data), reason=reason)
+    return _Commit({"status": Run.Status.DONE, "sink": workflow_spec.FINISH, "reason": reason}, rows,
+                   [("run.finished", data)])
 
 
-def _handover(run: Run, lease: str, owner: str) -> Run:
+def _handover(run: Run, owner: str) -> _Commit:
     ticket = humans.desk.handover_open(run=run, reason=run.reason)
     if owner == Conversation.Status.AI:
         Conversation.objects.filter(pk=run.conversation_id).update(status=Conversation.Status.AWAITING_HUMAN)
-    return _run_end(run, lease, status=Run.Status.DONE, sink=workflow_spec.HANDOVER, reason=run.reason,
-                    event=("run.finished", {"sink": workflow_spec.HANDOVER, "reason": run.reason,
-                                            "ticket": str(ticket.id)}))
+    return _Commit({"status": Run.Status.DONE, "sink": workflow_spec.HANDOVER}, events=[
+        ("handover.opened", {"ticket": str(ticket.id), "reason": run.reason}),
+        ("run.finished", {"sink": workflow_spec.HANDOVER, "reason": run.reason, "ticket": str(ticket.id)})])
 
 
-def _run_end(run: Run, lease: str, *, status: str, event: tuple[str, dict], reason: str, sink: str = "",
-             rows: tuple = ()) -> Run:
+def _run_end(run: Run, lease: str, end: _Commit, *, turns_held: bool = True) -> Run:
     """End the run (done or failed) and let the conversation's next turn go."""
-    with transaction.atomic():
-        run = _commit(run, lease, rows=rows, events=[event], status=status, sink=sink, reason=reason,
-                      finished_at=db_now(), lease_owner="", lease_expires_at=None)
-        next_turns_release(conversation_id=run.conversation_id, handed_over=sink == workflow_spec.HANDOVER)
+    end += _Commit({"finished_at": db_now(), "lease_owner": "", "lease_expires_at": None})
+    with transaction.atomic(savepoint=False):
+        run = _commit(run, lease, rows=end.rows, events=end.events, **end.fields)
+        if turns_held:
+            next_turns_release(conversation_id=run.conversation_id, handed_over=run.sink == workflow_spec.HANDOVER)
         return run
 
 
@@ -411,42 +441,40 @@ def _reply_of(run: Run) -> str | None:
 
 
 class _Watch(threading.Thread):
-    """Watches the step this process runs. Every third of HIL_LEASE_S it extends the run's lease, so
-    that a worker that dies stops extending it and its run is taken over soon. In a worker process it
-    also kills the process once the step overstays its deadline by HIL_STEP_GRACE_S: the pool starts a
-    new one, and the run is taken over (and given up on after HIL_MAX_CLAIMS tries)."""
+    """Watches the step this process runs, waking every `period` seconds (nothing to do per step but set
+    `held`). While a step runs longer than that, it extends the run's lease, so that a worker that dies
+    stops extending it and its run is taken over soon. In a worker process it also kills the process
+    once the step overstays its deadline by HIL_STEP_GRACE_S: the pool starts a new one, and the run is
+    taken over (and given up on after HIL_MAX_CLAIMS tries)."""
 
     kills = False  # set in Celery's worker processes (hil_project/celery.py); never in a web or test process
 
     def __init__(self):
         super().__init__(name="hil-step-watch", daemon=True)
-        self.pid, self.held, self.changed = os.getpid(), None, threading.Condition()
+        self.pid, self.held = os.getpid(), None
+        self.period = min(settings.HIL_LEASE_S / 3, settings.HIL_STEP_GRACE_S / 2)
 
     @contextmanager
     def watching(self, run_id, lease: str, timeout_s: float):
-        with self.changed:
-            self.held = (run_id, lease, time.monotonic() + timeout_s + settings.HIL_STEP_GRACE_S)
-            self.changed.notify()
+        started = time.monotonic()
+        self.held = (run_id, lease, started, started + timeout_s + settings.HIL_STEP_GRACE_S)
         try:
             yield
         finally:
-            with self.changed:
-                self.held = None
-                self.changed.notify()
+            self.held = None
 
     def run(self):
         while True:
-            with self.changed:
-                while self.held is None:
-                    self.changed.wait()
-                held = self.held
-                run_id, lease, kill_at = held
-                self.changed.wait(min(settings.HIL_LEASE_S / 3, max(0.0, kill_at - time.monotonic())))
-                if self.held is not held:
-                    continue
-            if self.kills and time.monotonic() >= kill_at:
+            time.sleep(self.period)
+            if (held := self.held) is None:
+                continue
+            run_id, lease, started, kill_at = held
+            now = time.monotonic()
+            if self.kills and now >= kill_at:
                 log.error("run %s: the step overstayed its deadline and grace; stopping this worker process", run_id)
                 os.kill(os.getpid(), signal.SIGKILL)
+            if now - started < self.period:
+                continue  # the step's start renewed the lease
             try:  # a lost lease is noticed by the step's own fenced commit
                 Run.objects.filter(id=run_id, status=Run.Status.RUNNING, lease_owner=lease).update(
                     lease_expires_at=Now() + timedelta(seconds=settings.HIL_LEASE_S))

@@ -1,4 +1,5 @@
 from django.db import IntegrityError, transaction
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from accounts.models import Tenant
@@ -58,6 +59,11 @@ def conversation_start(*, tenant: Tenant, workflow_slug: str) -> Conversation:
     return Conversation.objects.create(tenant=tenant, workflow=workflow)
 
 
+# Whether a turn of the conversation is active: raw, as Django takes longer to compile an Exists than to run it.
+BUSY = RawSQL(f"EXISTS (SELECT 1 FROM {Run._meta.db_table} r WHERE r.conversation_id = {Conversation._meta.db_table}.id"
+              " AND r.status = ANY(%s))", (list(Run.ACTIVE),))
+
+
 def message_post(*, conversation: Conversation, text: str, turn_id: str) -> tuple[Message, bool]:
     """Store a user's message and, if the AI owns the conversation, start a run on it: at once, or
     held behind the conversation's active run, so that its turns run one at a time, in order.
@@ -65,14 +71,15 @@ def message_post(*, conversation: Conversation, text: str, turn_id: str) -> tupl
     (conversation, turn_id) is unique: a retry returns the first message and starts nothing."""
     try:
         with transaction.atomic():
-            conversation = conversation_lock(conversation_id=conversation.pk)
+            conversation = (Conversation.objects.select_for_update(of=("self",)).select_related("workflow")
+                            .annotate(busy=BUSY).get(pk=conversation.pk))
             first = Message.objects.filter(conversation=conversation, turn_id=turn_id).select_related("run").first()
             if first is not None:
                 return _same_turn(first, text), False
             message = Message(tenant_id=conversation.tenant_id, conversation=conversation, role=Message.Role.USER,
                               text=text, turn_id=turn_id)
             if conversation.status == Conversation.Status.AI:
-                message.run = run_start(conversation=conversation, message=message)
+                message.run = run_start(conversation=conversation, message=message, held=conversation.busy)
             message.save(force_insert=True)
             return message, True
     except IntegrityError:  # a concurrent post of the same turn won the race
@@ -92,11 +99,10 @@ def _same_turn(first: Message, text: str) -> Message:
     return first
 
 
-def run_start(*, conversation: Conversation, message: Message) -> Run:
+def run_start(*, conversation: Conversation, message: Message, held: bool) -> Run:
     """Create a run of the conversation's live workflow version: queued, or held while another turn of
     the conversation is active. Call with the conversation locked."""
     version = engine.version_get(conversation.workflow.live_version_id)
-    held = Run.objects.filter(conversation=conversation, status__in=Run.ACTIVE).exists()
     run = Run.objects.create(
         tenant_id=conversation.tenant_id, conversation=conversation, workflow_version=version,
         current_node=version.entry(), status=Run.Status.HELD if held else Run.Status.QUEUED,
@@ -109,6 +115,12 @@ def run_start(*, conversation: Conversation, message: Message) -> Run:
     run = run_commit(run, where=("TRUE", []), fields=engine.queued_fields(), events=[("run.queued", data)])
     engine.run_enqueue(run)
     return run
+
+
+def run_lock(*, run_id) -> None:
+    """Lock the run until the transaction ends. Locks are taken in one order, so that two changes never
+    wait on each other: a conversation, then its runs, then what belongs to them (approvals)."""
+    list(Run.objects.select_for_update().filter(pk=run_id).values_list("pk"))
 
 
 def run_resume(*, run: Run, node_id: str, output: dict | None = None, handover: str = "") -> bool:
