@@ -40,7 +40,8 @@ def approval_decide(*, approval: ApprovalRequest, decision: str, actor=None, pay
                     comment: str = "") -> ApprovalRequest:
     """Decide once: a second decision, concurrent or late, is refused with Conflict. The run goes on."""
     conversations.run_lock(run_id=approval.run_id)  # a run before its approvals, as cancelling it does
-    approval = ApprovalRequest.objects.select_for_update(of=("self",)).select_related("run").get(pk=approval.pk)
+    approval = (ApprovalRequest.objects.select_for_update(of=("self",), no_key=True).select_related("run")
+                .get(pk=approval.pk))
     if approval.status != ApprovalRequest.Status.PENDING:
         raise Conflict(f"this approval was already decided ({approval.status})")
     if decision == "edit":
@@ -124,7 +125,8 @@ def _case_file(run, reason: str) -> dict:
 def _ticket_locked(ticket: HandoverTicket) -> HandoverTicket:
     """The ticket, locked after its conversation (the order every change of a conversation takes)."""
     conversations.conversation_lock(conversation_id=ticket.conversation_id)
-    return HandoverTicket.objects.select_for_update(of=("self",)).select_related("run", "assignee").get(pk=ticket.pk)
+    return (HandoverTicket.objects.select_for_update(of=("self",), no_key=True).select_related("run", "assignee")
+            .get(pk=ticket.pk))
 
 
 def _ticket_event(ticket: HandoverTicket, type_: str, data: dict) -> None:

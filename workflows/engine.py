@@ -376,7 +376,7 @@ def _conversation_lock(conversation_id) -> tuple[str, bool]:
     return who owns it, and whether turns are held behind the run that ends, in one statement."""
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT status, EXISTS (SELECT 1 FROM {Run._meta.db_table} WHERE conversation_id = %s"
-                       f" AND status = %s) FROM {Conversation._meta.db_table} WHERE id = %s FOR UPDATE",
+                       f" AND status = %s) FROM {Conversation._meta.db_table} WHERE id = %s FOR NO KEY UPDATE",
                        [conversation_id, Run.Status.HELD, conversation_id])
         return cursor.fetchone()
 
@@ -515,7 +515,7 @@ def runs_sweep(*, limit: int = 500) -> int:
             f" WHERE id IN (SELECT id FROM {table} WHERE status = %s AND resend_at <= clock_timestamp()"
             "   OR status = %s AND lease_expires_at < clock_timestamp()"
             "      AND (resend_at IS NULL OR resend_at <= clock_timestamp())"
-            "   LIMIT %s FOR UPDATE SKIP LOCKED)"
+            "   LIMIT %s FOR NO KEY UPDATE SKIP LOCKED)"
             " RETURNING id, workflow_version_id, current_node",
             [settings.HIL_RESEND_AFTER_S, settings.HIL_RESEND_MAX_S, Run.Status.QUEUED, Run.Status.RUNNING, limit])
         due = cursor.fetchall()

@@ -24,7 +24,7 @@ def workflow_version_create(*, workflow: Workflow, spec_yaml: str, actor=None) -
         spec, errors = workflow_spec.load(spec_yaml), []
     except workflow_spec.SpecError as e:
         spec, errors = None, e.errors
-    Workflow.objects.select_for_update().get(pk=workflow.pk)  # number versions one at a time
+    Workflow.objects.select_for_update(no_key=True).get(pk=workflow.pk)  # number versions one at a time
     last = workflow.versions.order_by("-number").values_list("number", flat=True).first() or 0
     return WorkflowVersion.objects.create(
         tenant_id=workflow.tenant_id, workflow=workflow, number=last + 1, spec_yaml=spec_yaml,
@@ -37,7 +37,7 @@ def workflow_version_publish(*, version: WorkflowVersion, actor=None) -> Workflo
     """Make `version` live. Runs in flight keep the version they started on."""
     if not version.is_valid():
         raise ServiceError(f"{version} has errors and cannot be published: " + "; ".join(version.errors))
-    workflow = Workflow.objects.select_for_update().get(pk=version.workflow_id)
+    workflow = Workflow.objects.select_for_update(no_key=True).get(pk=version.workflow_id)
     old = workflow.live_version_id
     workflow.live_version = version
     workflow.save(update_fields=["live_version"])
@@ -71,8 +71,8 @@ def message_post(*, conversation: Conversation, text: str, turn_id: str) -> tupl
     (conversation, turn_id) is unique: a retry returns the first message and starts nothing."""
     try:
         with transaction.atomic():
-            conversation = (Conversation.objects.select_for_update(of=("self",)).select_related("workflow")
-                            .annotate(busy=BUSY).get(pk=conversation.pk))
+            conversation = (Conversation.objects.select_for_update(of=("self",), no_key=True)
+                            .select_related("workflow").annotate(busy=BUSY).get(pk=conversation.pk))
             first = Message.objects.filter(conversation=conversation, turn_id=turn_id).select_related("run").first()
             if first is not None:
                 return _same_turn(first, text), False
@@ -90,7 +90,8 @@ def message_post(*, conversation: Conversation, text: str, turn_id: str) -> tupl
 def conversation_lock(*, conversation_id) -> Conversation:
     """The conversation, locked until the transaction ends: turns, sinks and humans taking it over
     take this lock, so they see each other's changes in order."""
-    return Conversation.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=conversation_id)
+    return (Conversation.objects.select_for_update(of=("self",), no_key=True).select_related("workflow")
+            .get(pk=conversation_id))
 
 
 def _same_turn(first: Message, text: str) -> Message:
@@ -119,8 +120,10 @@ def run_start(*, conversation: Conversation, message: Message, held: bool) -> Ru
 
 def run_lock(*, run_id) -> None:
     """Lock the run until the transaction ends. Locks are taken in one order, so that two changes never
-    wait on each other: a conversation, then its runs, then what belongs to them (approvals)."""
-    list(Run.objects.select_for_update().filter(pk=run_id).values_list("pk"))
+    wait on each other: a conversation, then its runs, then what belongs to them (approvals). And they
+    are NO KEY locks, as no key changes: Django's foreign keys are checked at COMMIT with KEY SHARE
+    locks on the rows they point to, which a waiting FOR UPDATE would block into a deadlock."""
+    list(Run.objects.select_for_update(no_key=True).filter(pk=run_id).values_list("pk"))
 
 
 def run_resume(*, run: Run, node_id: str, output: dict | None = None, handover: str = "") -> bool:
@@ -128,7 +131,7 @@ def run_resume(*, run: Run, node_id: str, output: dict | None = None, handover: 
     output and route on; with no output, run the node again (a call inside it waited, and is now
     decided); with `handover`, hand the conversation over for that reason. Call inside the decision's
     transaction. False when the run was not waiting there."""
-    run = Run.objects.select_for_update().get(id=run.id)
+    run = Run.objects.select_for_update(no_key=True).get(id=run.id)
     if run.status != Run.Status.WAITING or run.current_node != node_id:
         return False
     state, next_id = run.state, node_id
@@ -149,7 +152,7 @@ def run_cancel(*, run: Run, actor, reason: str = "") -> Run:
     """Stop a run that has not ended. A worker in the middle of a step finishes the step but can commit
     nothing more; the run's pending approvals are withdrawn; the conversation's next turn goes on."""
     conversation_lock(conversation_id=run.conversation_id)
-    old = Run.objects.select_for_update().get(pk=run.pk)
+    old = Run.objects.select_for_update(no_key=True).get(pk=run.pk)
     if old.status not in Run.ACTIVE:
         raise Conflict(f"this run is {old.status}; only a queued, held, running or waiting run can be cancelled")
     by = actor.get_username() if actor else None
@@ -170,7 +173,7 @@ def run_retry(*, run: Run, actor) -> Run:
     """Run a failed or cancelled run again from the node where it stopped, with fresh attempts. Side
     effects it already made are replayed from the ledger, not made again."""
     conversation = conversation_lock(conversation_id=run.conversation_id)
-    old = Run.objects.select_for_update().get(pk=run.pk)
+    old = Run.objects.select_for_update(no_key=True).get(pk=run.pk)
     if old.status not in (Run.Status.FAILED, Run.Status.CANCELLED):
         raise Conflict(f"this run is {old.status}; only a failed or cancelled run can be retried")
     if conversation.status != Conversation.Status.AI:

@@ -43,3 +43,16 @@ def test_deadlines_work_outside_the_main_thread_and_stay_in_their_thread():
         thread.start()
         thread.join()
         assert seen == {"expired": True} and deadlines.remaining() > 59
+
+
+def test_a_sqlite_query_is_interrupted_at_the_deadline():
+    """How the demo's order lookup stops at its step's deadline."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.set_progress_handler(deadlines.expired, 1000)
+    endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
+    started = time.monotonic()
+    with deadlines.deadline(0.1), pytest.raises(sqlite3.OperationalError, match="interrupted"):
+        db.execute(endless).fetchone()
+    assert time.monotonic() - started < 5

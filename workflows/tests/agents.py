@@ -131,3 +131,11 @@ def output(ctx: StepContext):
 def other_queue(ctx: StepContext) -> dict:
     """Runs on workers of the queue `<HIL_QUEUE>.other`."""
     return {"queue": "other"}
+
+
+@register("test_http")
+def http(ctx: StepContext) -> dict:
+    """Calls `config.url`, giving the HTTP client the time left before the step's deadline."""
+    import httpx
+
+    return {"status": httpx.get(ctx.config["url"], timeout=ctx.remaining()).status_code}

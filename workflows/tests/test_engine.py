@@ -85,6 +85,43 @@ def test_a_slow_query_is_cut_off_at_the_deadline_and_the_failure_path_taken(tena
         assert cursor.fetchone()[0] == "0"
 
 
+@pytest.fixture
+def slow_server():
+    """A local HTTP server that answers after 30 s: its URL."""
+    import http.server
+    import threading
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            stop.wait(30)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    stop = threading.Event()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    stop.set()
+    server.shutdown()
+
+
+def test_an_http_call_given_the_time_left_is_cut_off_at_the_deadline(tenant, converse, drive, slow_server):
+    _, run = converse(tenant, f"""
+entry: h
+nodes:
+  - {{id: h, agent: test_http, config: {{url: "{slow_server}"}}, limits: {{timeout_ms: 300, max_retries: 0}}}}
+edges:
+  - {{from: h, to: FINISH}}
+""")
+    run = drive(run)
+    step = run.steps.get()
+    assert (step.status, step.error) == ("failed", "timed out after 300 ms") and step.duration_ms() < 5000
+    assert run.sink == "HANDOVER"
+
+
 COSTLY = """
 entry: c
 nodes:

@@ -33,8 +33,9 @@ def effects(tmp_path):
     return str(path), lambda: Counter(path.read_text().split())
 
 
-def effects_spec(log: str, *, ms: int = 0, die_after_effect: bool = False, before_ms: int = 0) -> str:
-    config = json.dumps({"log": log, "calls": [{"n": 1}], "ms": ms, "die_after_effect": die_after_effect})
+def effects_spec(log: str, *, ms: int = 0, die_after_effect: bool = False, before_ms: int = 0, failures: int = 0) -> str:
+    config = json.dumps({"log": log, "calls": [{"n": 1}], "ms": ms, "die_after_effect": die_after_effect,
+                         "failures": failures})
     return f"""
 entry: before
 nodes:
@@ -85,6 +86,17 @@ def test_a_worker_killed_between_an_effect_and_its_record_repeats_it_under_the_s
     assert ToolCall.objects.get(run=run).executions == 2
     assert list(Step.objects.filter(run=run).values_list("node_id", "status")) == [
         ("before", "succeeded"), ("effect", "succeeded"), ("reply", "succeeded")]
+
+
+def test_a_step_retried_after_its_side_effect_does_not_act_again(tenant, converse, start_worker, wait, effects):
+    log, keys = effects
+    start_worker()
+    _, run = converse(tenant, effects_spec(log, failures=2))
+    wait(done([run.id]), what="the run")
+    assert_healthy([run.id], keys())
+    assert list(Step.objects.filter(run_id=run.id, node_id="effect").values_list("attempt", "status")) == [
+        (1, "failed"), (2, "failed"), (3, "succeeded")]
+    assert keys() == Counter({f"{run.id}:effect:1": 1})
 
 
 def blocked_on_lock(query_start: str):

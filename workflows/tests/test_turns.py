@@ -174,3 +174,40 @@ def test_the_admin_cancels_and_retries_runs(tenant, converse, admin_client):
     admin_client.post(url, {"action": "retry", "_selected_action": [run.id]})
     assert Run.objects.get(id=run.id).status == "queued"
     assert Conversation.objects.get(pk=run.conversation_id).status == "ai"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_run_while_its_approval_is_decided_never_deadlocks(tenant, converse, drive, member):
+    """Both take locks in one order (the run, then its approvals): one wins, the other is told why."""
+    import threading
+
+    from django.db import connection
+
+    from approvals.services import approval_decide
+    from core.errors import Conflict
+
+    operator = member(tenant, username="op")[0]
+    for _ in range(5):
+        conversation, run = converse(tenant, GATE, turn_id=f"t{Run.objects.count()}")
+        drive(run)
+        approval = ApprovalRequest.objects.get(run=run)
+        barrier, outcomes = threading.Barrier(2), []
+
+        def attempt(action):
+            barrier.wait()
+            try:
+                action()
+                outcomes.append("done")
+            except Conflict:
+                outcomes.append("refused")
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=attempt, args=(lambda: services.run_cancel(run=run, actor=operator),)),
+                   threading.Thread(target=attempt, args=(lambda: approval_decide(approval=approval, decision="approve",
+                                                                                  actor=operator),))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) in (["done", "done"], ["done", "refused"])
