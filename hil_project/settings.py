@@ -168,9 +168,7 @@ CELERY_BEAT_SCHEDULE = {
 # Modules imported at start-up that register custom agents (comma-separated).
 HIL_AGENT_MODULES = [m for m in os.environ.get("HIL_AGENT_MODULES", "").split(",") if m]
 # The demo's order data: the Chinook sample database, read-only.
-HIL_ORDERS_DB = os.environ.get(
-    "HIL_ORDERS_DB", str(BASE_DIR.parent / "shared" / "data" / "chinook" / "chinook.sqlite")
-)
+HIL_ORDERS_DB = os.environ.get("HIL_ORDERS_DB", str(BASE_DIR / "data" / "chinook" / "chinook.sqlite"))
 
 LOGGING = {
     "version": 1,
