@@ -293,8 +293,10 @@ def _node_failed(run: Run, lease: str, spec: dict, node_id: str, *, error: str, 
     """Take the run down the failure path of `node_id`: a node's `on_failure` (by default HANDOVER).
     A sink that fails: FINISH hands over instead, and a failed HANDOVER ends the run as failed."""
     if node_id == workflow_spec.HANDOVER:
-        return _run_end(run, lease, _Commit({"status": Run.Status.FAILED, "reason": f"the handover failed: {error}"},
-                                            events=[("run.failed", {"sink": node_id, "error": error})]))
+        with transaction.atomic():
+            _conversation_lock(run.conversation_id)
+            return _run_end(run, lease, _Commit({"status": Run.Status.FAILED, "reason": f"the handover failed: {error}"},
+                                                events=[("run.failed", {"sink": node_id, "error": error})]))
     if node_id == workflow_spec.FINISH:
         return _commit(run, lease, events=[("run.sink_failed", {"sink": node_id, "error": error,
                                                                 "next": workflow_spec.HANDOVER})],
@@ -356,12 +358,12 @@ def _sink_reach(run: Run, lease: str, *, last_step: _Commit | None = None, reply
     sink = last_step.fields.get("current_node", run.current_node)
     try:
         with transaction.atomic():
-            owner, held = _conversation_lock(run.conversation_id)  # first: the order every change of it takes
+            owner = _conversation_lock(run.conversation_id)  # first: the order every change of it takes
             if sink == workflow_spec.HANDOVER:
                 end = _handover(ending, owner)
             else:
                 end = _finish(ending, owner, reply if isinstance(reply, str) else _reply_of(run))
-            return _run_end(run, lease, last_step + end, turns_held=held)
+            return _run_end(run, lease, last_step + end)
     except (LeaseLost, *TRANSIENT):
         raise
     except Exception as e:
@@ -371,14 +373,14 @@ def _sink_reach(run: Run, lease: str, *, last_step: _Commit | None = None, reply
         return _node_failed(run, lease, {}, sink, error=f"{type(e).__name__}: {e}")
 
 
-def _conversation_lock(conversation_id) -> tuple[str, bool]:
-    """Lock the conversation (the order of its turns and who owns it are decided under this lock);
-    return who owns it, and whether turns are held behind the run that ends, in one statement."""
+def _conversation_lock(conversation_id) -> str:
+    """Lock the conversation (the order of its turns and who owns it are decided under this lock) and
+    return who owns it. Read other rows in later statements: a statement that waited for this lock
+    sees the locked row as it is now, but every other table as it was when the statement began."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT status, EXISTS (SELECT 1 FROM {Run._meta.db_table} WHERE conversation_id = %s"
-                       f" AND status = %s) FROM {Conversation._meta.db_table} WHERE id = %s FOR NO KEY UPDATE",
-                       [conversation_id, Run.Status.HELD, conversation_id])
-        return cursor.fetchone()
+        cursor.execute(f"SELECT status FROM {Conversation._meta.db_table} WHERE id = %s FOR NO KEY UPDATE",
+                       [conversation_id])
+        return cursor.fetchone()[0]
 
 
 def _finish(run: Run, owner: str, reply: str | None) -> _Commit:
@@ -403,13 +405,12 @@ def _handover(run: Run, owner: str) -> _Commit:
         ("run.finished", {"sink": workflow_spec.HANDOVER, "reason": run.reason, "ticket": str(ticket.id)})])
 
 
-def _run_end(run: Run, lease: str, end: _Commit, *, turns_held: bool = True) -> Run:
-    """End the run (done or failed) and let the conversation's next turn go."""
+def _run_end(run: Run, lease: str, end: _Commit) -> Run:
+    """End the run (done or failed) and let the conversation's next turn go. Call with the conversation locked."""
     end += _Commit({"finished_at": db_now(), "lease_owner": "", "lease_expires_at": None})
     with transaction.atomic(savepoint=False):
         run = _commit(run, lease, rows=end.rows, events=end.events, **end.fields)
-        if turns_held:
-            next_turns_release(conversation_id=run.conversation_id, handed_over=run.sink == workflow_spec.HANDOVER)
+        next_turns_release(conversation_id=run.conversation_id, handed_over=run.sink == workflow_spec.HANDOVER)
         return run
 
 

@@ -1,5 +1,4 @@
-from django.db import IntegrityError, transaction
-from django.db.models.expressions import RawSQL
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import Tenant
@@ -59,9 +58,13 @@ def conversation_start(*, tenant: Tenant, workflow_slug: str) -> Conversation:
     return Conversation.objects.create(tenant=tenant, workflow=workflow)
 
 
-# Whether a turn of the conversation is active: raw, as Django takes longer to compile an Exists than to run it.
-BUSY = RawSQL(f"EXISTS (SELECT 1 FROM {Run._meta.db_table} r WHERE r.conversation_id = {Conversation._meta.db_table}.id"
-              " AND r.status = ANY(%s))", (list(Run.ACTIVE),))
+def _turn_active(conversation_id) -> bool:
+    """Whether a turn of the conversation is active. Raw, as Django takes longer to compile an Exists than
+    Postgres takes to run it; a statement of its own, after the lock (see engine._conversation_lock)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {Run._meta.db_table} WHERE conversation_id = %s"
+                       " AND status = ANY(%s))", [conversation_id, list(Run.ACTIVE)])
+        return cursor.fetchone()[0]
 
 
 def message_post(*, conversation: Conversation, text: str, turn_id: str) -> tuple[Message, bool]:
@@ -71,15 +74,14 @@ def message_post(*, conversation: Conversation, text: str, turn_id: str) -> tupl
     (conversation, turn_id) is unique: a retry returns the first message and starts nothing."""
     try:
         with transaction.atomic():
-            conversation = (Conversation.objects.select_for_update(of=("self",), no_key=True)
-                            .select_related("workflow").annotate(busy=BUSY).get(pk=conversation.pk))
+            conversation = conversation_lock(conversation_id=conversation.pk)
             first = Message.objects.filter(conversation=conversation, turn_id=turn_id).select_related("run").first()
             if first is not None:
                 return _same_turn(first, text), False
             message = Message(tenant_id=conversation.tenant_id, conversation=conversation, role=Message.Role.USER,
                               text=text, turn_id=turn_id)
             if conversation.status == Conversation.Status.AI:
-                message.run = run_start(conversation=conversation, message=message, held=conversation.busy)
+                message.run = run_start(conversation=conversation, message=message, held=_turn_active(conversation.pk))
             message.save(force_insert=True)
             return message, True
     except IntegrityError:  # a concurrent post of the same turn won the race
@@ -178,7 +180,7 @@ def run_retry(*, run: Run, actor) -> Run:
         raise Conflict(f"this run is {old.status}; only a failed or cancelled run can be retried")
     if conversation.status != Conversation.Status.AI:
         raise Conflict("a human has this conversation; return it to the AI before retrying its runs")
-    held = Run.objects.filter(conversation_id=conversation.pk, status__in=Run.ACTIVE).exists()
+    held = _turn_active(conversation.pk)
     by = actor.get_username() if actor else None
     fields = {"status": Run.Status.HELD} if held else engine.queued_fields()
     run = run_commit(old, where=("TRUE", []), events=[("run.retried", {"by": by, "node": old.current_node})], fields={

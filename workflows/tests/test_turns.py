@@ -211,3 +211,73 @@ def test_cancelling_a_run_while_its_approval_is_decided_never_deadlocks(tenant, 
         for t in threads:
             t.join()
         assert sorted(outcomes) in (["done", "done"], ["done", "refused"])
+
+
+def lock_waiters() -> int:
+    """How many backends of the test database wait for a lock."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                       " AND wait_event_type = 'Lock'")
+        return cursor.fetchone()[0]
+
+
+def in_a_transaction_until_another_waits(action, wait):
+    """Run `action` in a thread, in a transaction that commits only once another backend waits for one
+    of its locks. Returns (thread, started): `started` is set once `action` has run."""
+    import threading
+
+    from django.db import connection, transaction
+
+    started = threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                action()
+                started.set()
+                wait(lock_waiters, what="another transaction waiting for a lock")
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert started.wait(60)
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_posted_while_the_active_turn_ends_is_queued_not_held_for_ever(tenant, converse, wait, member):
+    """The post waits for the conversation's lock; once it has it, it must see the turn that ended meanwhile
+    (a check in the locking statement itself would see the conversation's runs as they were before the wait)."""
+    conversation, first = converse(tenant, ECHO_TURN, text="one")
+    ending = in_a_transaction_until_another_waits(lambda: services.run_cancel(run=first, actor=None), wait)
+    second = post(conversation, "two")
+    ending.join()
+    assert (Run.objects.get(id=first.id).status, second.status) == ("cancelled", "queued")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_turn_that_ends_while_a_message_is_posted_releases_it(tenant, converse, drive, wait):
+    """The sink waits for the conversation's lock while a post holds it; then it must see the held turn."""
+    conversation, first = converse(tenant, ECHO_TURN, text="one")
+    held = []
+    posting = in_a_transaction_until_another_waits(lambda: held.append(post(conversation, "two")), wait)
+    assert held[0].status == "held"
+    drive(first)
+    posting.join()
+    assert Run.objects.get(id=held[0].id).status == "queued"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_turns_posted_as_fast_as_a_worker_answers_them_all_finish(tenant, publish, start_worker, wait):
+    start_worker(concurrency=2)
+    workflow = publish(tenant, ECHO_TURN, "echo")
+    for n in range(20):
+        conversation = services.conversation_start(tenant=tenant, workflow_slug=workflow.slug)
+        for turn in ("one", "two", "three"):
+            post(conversation, f"{turn} {n}")
+    wait(lambda: not Run.objects.filter(status__in=Run.ACTIVE).exists(), what="every turn to finish")
+    assert Run.objects.filter(status="done", sink="FINISH").count() == 60
+    assert Message.objects.filter(role="ai").count() == 60
