@@ -416,18 +416,22 @@ def _run_end(run: Run, lease: str, end: _Commit) -> Run:
 
 def next_turns_release(*, conversation_id, handed_over: bool = False) -> None:
     """The conversation's active run ended: queue its next held turn, or, if a human now has the
-    conversation, cancel the held turns (their messages wait for the human)."""
-    held = Run.objects.filter(conversation_id=conversation_id, status=Run.Status.HELD).order_by("created_at", "id")
+    conversation, cancel the held turns (their messages wait for the human). Call with it locked."""
+    with connection.cursor() as cursor:  # raw: most turns end with none held, and this is every turn's end
+        cursor.execute(f"SELECT id FROM {Run._meta.db_table} WHERE conversation_id = %s AND status = %s"
+                       " ORDER BY created_at, id", [conversation_id, Run.Status.HELD])
+        ids = [row[0] for row in cursor.fetchall()]
+    if not ids:
+        return
     if handed_over:
-        for run in held:
+        for run in Run.objects.filter(id__in=ids):
             run_commit(run, where=("status = %s", [Run.Status.HELD]), events=[
                 ("run.cancelled", {"reason": "the conversation was handed over to a human"})], fields={
                 "status": Run.Status.CANCELLED, "finished_at": db_now(),
                 "reason": "the conversation was handed over to a human before this turn ran"})
-    elif (run := held.first()) is not None:
-        run = run_commit(run, where=("status = %s", [Run.Status.HELD]), events=[("run.queued", {"after_turn": True})],
-                         fields=queued_fields())
-        run_enqueue(run)
+    else:
+        run_enqueue(run_commit(Run.objects.get(id=ids[0]), where=("status = %s", [Run.Status.HELD]),
+                               events=[("run.queued", {"after_turn": True})], fields=queued_fields()))
 
 
 def _reply_of(run: Run) -> str | None:
