@@ -1,6 +1,39 @@
 from django.contrib import admin
+from django.contrib.admin.utils import get_fields_from_path
 
 from .models import ApiToken, AuditEntry, Membership, Tenant
+
+
+class TenantScopedAdmin(admin.ModelAdmin):
+    """Shows a member only the rows of the tenants they belong to, and offers only those in forms and
+    filters; a superuser sees everything. `tenant_path` leads from the model to its tenant."""
+
+    tenant_path = "tenant"
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(**{f"{self.tenant_path}__in": _member_tenants(request.user)})
+
+    def get_list_filter(self, request):
+        # A plain related filter lists every tenant (every workflow, ...); this one only those in the rows shown.
+        return [(f, admin.RelatedOnlyFieldListFilter)
+                if isinstance(f, str) and get_fields_from_path(self.model, f)[-1].is_relation else f
+                for f in super().get_list_filter(request)]
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        related = db_field.related_model
+        if not request.user.is_superuser:
+            if related is Tenant:
+                kwargs["queryset"] = _member_tenants(request.user)
+            elif any(f.name == "tenant" for f in related._meta.fields):
+                kwargs["queryset"] = related.objects.filter(tenant__in=_member_tenants(request.user))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+def _member_tenants(user):
+    return Tenant.objects.filter(memberships__user=user)
 
 
 class MembershipInline(admin.TabularInline):
@@ -10,20 +43,21 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(TenantScopedAdmin):
+    tenant_path = "pk"
     list_display = ["slug", "name", "approval_timeout_s", "created_at"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(TenantScopedAdmin):
     list_display = ["user", "tenant", "role"]
     list_filter = ["tenant", "role"]
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(TenantScopedAdmin):
     """Tokens are created with `manage.py hil_token` (the key is shown once); here they are revoked."""
 
     list_display = ["prefix", "name", "tenant", "user", "created_at", "last_used_at", "revoked_at"]
@@ -43,7 +77,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(TenantScopedAdmin):
     list_display = ["created_at", "actor", "action", "object_type", "object_id"]
     list_filter = ["tenant", "action"]
     readonly_fields = [f.name for f in AuditEntry._meta.fields]

@@ -1,6 +1,7 @@
 """Settings come from the environment only (see README for the variables)."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -18,6 +19,22 @@ if not SECRET_KEY:
     raise RuntimeError("HIL_SECRET_KEY must be set (or HIL_DEBUG=1 for development)")
 ALLOWED_HOSTS = os.environ.get("HIL_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver").split(",")
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("HIL_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+# The demo (`make run`): no secret key of its own and the embedded database, or HIL_DEMO=1. Only then
+# may `hil_seed` create users with a known password.
+HIL_DEMO = env_bool("HIL_DEMO", not os.environ.get("HIL_SECRET_KEY") and bool(os.environ.get("HIL_EMBEDDED_PGDATA")))
+
+# HTTPS only, unless in development or the demo, which serve plain http://127.0.0.1. Each can be set.
+HTTPS_ONLY = not (DEBUG or HIL_DEMO)
+SECURE_SSL_REDIRECT = env_bool("HIL_SECURE_SSL_REDIRECT", HTTPS_ONLY)
+SESSION_COOKIE_SECURE = env_bool("HIL_SESSION_COOKIE_SECURE", HTTPS_ONLY)
+CSRF_COOKIE_SECURE = env_bool("HIL_CSRF_COOKIE_SECURE", HTTPS_ONLY)
+SECURE_HSTS_SECONDS = int(os.environ.get("HIL_SECURE_HSTS_SECONDS", 365 * 86_400 if HTTPS_ONLY else 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HIL_SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS_ONLY)
+SECURE_HSTS_PRELOAD = env_bool("HIL_SECURE_HSTS_PRELOAD", HTTPS_ONLY)
+# Only behind a proxy that sets this header on every request (`daphne --proxy-headers` does the same
+# job inside Daphne): e.g. HIL_PROXY_SSL_HEADER=X-Forwarded-Proto.
+if os.environ.get("HIL_PROXY_SSL_HEADER"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + os.environ["HIL_PROXY_SSL_HEADER"].upper().replace("-", "_"), "https")
 
 INSTALLED_APPS = [
     "daphne",
@@ -37,6 +54,7 @@ INSTALLED_APPS = [
     "tools",
     "approvals",
     "analytics",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -48,7 +66,20 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login throttling (django-axes) for the admin and any session login: after HIL_LOGIN_FAILURE_LIMIT
+# failed logins for one username from one address, that pair is refused for HIL_LOGIN_COOLOFF_MIN
+# minutes (counted again from each refused try). A success clears the count. Behind a proxy, run
+# `daphne --proxy-headers` so that the address is the client's, not the proxy's.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = int(os.environ.get("HIL_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("HIL_LOGIN_COOLOFF_MIN", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_COOLOFF_MESSAGE = (f"Too many failed logins for this user from your address: logins are refused for "
+                        f"{AXES_COOLOFF_TIME.total_seconds() / 60:g} minutes after the last try.")
 
 ROOT_URLCONF = "hil_project.urls"
 ASGI_APPLICATION = "hil_project.asgi.application"

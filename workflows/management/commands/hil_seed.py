@@ -1,11 +1,12 @@
 import os
 from pathlib import Path
 
-from django.core.management.base import BaseCommand
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from accounts.models import ApiToken, Role, Tenant
-from accounts.services import api_token_create, api_token_revoke, membership_set, user_ensure
+from accounts.models import Role, Tenant
+from accounts.services import api_token_create, membership_set, user_ensure
 from workflows import services
 from workflows.models import Workflow
 
@@ -13,14 +14,21 @@ DEMO_YAML = Path(__file__).resolve().parents[2] / "demo" / "customer_support.yam
 PASSWORD = os.environ.get("HIL_DEMO_PASSWORD", "hil-demo-password")
 
 
+NOT_DEMO = ("hil_seed creates a superuser with a known password, so it runs only in demo mode: without "
+            "HIL_SECRET_KEY on the embedded database (make run), or with HIL_DEMO=1. In production, create "
+            "an admin with `manage.py createsuperuser`.")
+
+
 class Command(BaseCommand):
-    help = "Seed the demo tenant (users, a token, the customer_support workflow) and print how to try it."
+    help = "Seed the demo tenant (users, tokens, the customer_support workflow) and print how to try it."
 
     def add_arguments(self, parser):
         parser.add_argument("--base-url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
 
     @transaction.atomic
     def handle(self, *args, base_url, **options):
+        if not settings.HIL_DEMO:
+            raise CommandError(NOT_DEMO)
         tenant, _ = Tenant.objects.get_or_create(slug="demo", defaults={"name": "Demo shop"})
         operator = user_ensure(username="operator", password=PASSWORD, is_staff=True, is_superuser=True)
         membership_set(tenant=tenant, user=operator, role=Role.OPERATOR)
@@ -36,15 +44,11 @@ class Command(BaseCommand):
             version = services.workflow_version_create(workflow=workflow, spec_yaml=spec_yaml, actor=operator)
             services.workflow_version_publish(version=version, actor=operator)
 
-        self.stdout.write(TRY_IT.format(base=base_url, password=PASSWORD, token=fresh_token(tenant, operator, "demo"),
-                                        alice=fresh_token(tenant, alice, "demo-alice")))
-
-
-def fresh_token(tenant, user, name: str) -> str:
-    """A new token called `name`; the ones an earlier seed printed under that name are revoked."""
-    for token in ApiToken.objects.filter(tenant=tenant, name=name, revoked_at__isnull=True):
-        api_token_revoke(token=token)
-    return api_token_create(tenant=tenant, user=user, name=name)[1]
+        # New tokens each time, and the ones printed before keep working: they are stored hashed, so
+        # they cannot be printed again, and revoking them would break what a newcomer copied last run.
+        self.stdout.write(TRY_IT.format(
+            base=base_url, password=PASSWORD, token=api_token_create(tenant=tenant, user=operator, name="demo")[1],
+            alice=api_token_create(tenant=tenant, user=alice, name="demo-alice")[1]))
 
 
 TRY_IT = """
@@ -64,9 +68,10 @@ Try it (needs curl and python3):
   sleep 1; api $HIL/conversations/$CONV/messages/
 
   # 2. An approval: order 5 is 13.86, over the threshold; the run waits for a human.
-  api -X POST $HIL/conversations/$CONV/messages/ -d '{{"text":"I want my money back for order 5","turn_id":"t2"}}'
-  sleep 1; api "$HIL/approvals/?status=pending"
-  APPROVAL=$(api "$HIL/approvals/?status=pending" | python3 -c 'import sys,json;print(json.load(sys.stdin)["results"][-1]["id"])')
+  REFUND_RUN=$(api -X POST $HIL/conversations/$CONV/messages/ -d '{{"text":"I want my money back for order 5","turn_id":"t2"}}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["run"]["id"])')
+  # the pending approval of that run, once the run has reached its approval node (10 s at most)
+  for try in $(seq 20); do APPROVAL=$(api "$HIL/approvals/?status=pending" | python3 -c 'import sys,json;print([a["id"] for a in json.load(sys.stdin)["results"] if a["run"]==sys.argv[1]][0])' $REFUND_RUN 2>/dev/null) && break; sleep 0.5; done
+  api $HIL/approvals/$APPROVAL/
   curl -s -X POST -H "Authorization: Bearer $ALICE" -H 'Content-Type: application/json' $HIL/approvals/$APPROVAL/decision/ -d '{{"decision":"approve","comment":"ok"}}'; echo
   sleep 1; api $HIL/conversations/$CONV/messages/
 
