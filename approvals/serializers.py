@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from hil_project.api import StrictCharField, has_nul
+from hil_project.api import StrictCharField
 
 from .models import ApprovalRequest, HandoverTicket
 
@@ -18,11 +18,6 @@ class DecisionSerializer(serializers.Serializer):
     decision = serializers.ChoiceField(choices=["approve", "reject", "edit"])
     payload = serializers.DictField(required=False, help_text="The edited payload; only with decision 'edit'.")
     comment = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
-
-    def validate_payload(self, value):
-        if has_nul(value):
-            raise serializers.ValidationError("NUL characters (\\u0000) are not allowed.")
-        return value
 
 
 class StatusQuerySerializer(serializers.Serializer):

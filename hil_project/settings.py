@@ -58,6 +58,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "hil_project.middleware.ApiErrorsAsJson",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -139,6 +140,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# API request bodies: bigger ones are a 413, deeper ones a 400.
+HIL_MAX_BODY_BYTES = int(os.environ.get("HIL_MAX_BODY_BYTES", str(1024 * 1024)))
+HIL_MAX_JSON_DEPTH = int(os.environ.get("HIL_MAX_JSON_DEPTH", "32"))
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["accounts.auth.TenantRolePermission"],
@@ -146,7 +150,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "hil_project.api.Pagination",
     "PAGE_SIZE": 100,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["hil_project.api.StrictJSONParser"],
     "EXCEPTION_HANDLER": "hil_project.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }

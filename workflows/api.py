@@ -117,8 +117,13 @@ class RunEventListApi(TenantScopedMixin, APIView):
 
 
 class RunEventStreamApi(TenantScopedMixin, APIView):
-    """Server-sent events: the run's events after `after`, then each new one as it is committed.
-    The stream ends after the run's last event."""
+    """Server-sent events: the run's events after `after` (or the `Last-Event-ID` a browser sends when it
+    reconnects), then each new one as it is committed. The stream ends after the run's last event, and
+    while Redis is down (no doorbells would reach it), telling the client when to reconnect."""
+
+    def perform_content_negotiation(self, request, force=False):
+        # The stream is not rendered by DRF; errors are JSON, whatever the client accepts.
+        return super().perform_content_negotiation(request, force=True)
 
     @extend_schema(parameters=[AFTER], responses={
         (200, "text/event-stream"): OpenApiResponse(description="`id: <seq>` and `data: <envelope JSON>` per event")})
@@ -132,7 +137,8 @@ class RunEventStreamApi(TenantScopedMixin, APIView):
         return response
 
 
-async def event_stream(run: Run, after: int, heartbeat_s: float = 15):
+async def event_stream(run: Run, after: int, heartbeat_s: float = 15, retry_ms: int = 2000):
+    yield f"retry: {retry_ms}\n\n"
     async with doorbells.listen(run.tenant_id, run.id) as bell:
         while True:
             for envelope in await database_sync_to_async(events_after)(run, after):
@@ -141,6 +147,8 @@ async def event_stream(run: Run, after: int, heartbeat_s: float = 15):
             if await database_sync_to_async(_run_over)(run.id, after):
                 return
             if not await bell.wait(heartbeat_s):
+                if doorbells.redis_lost():
+                    return  # the client comes back after retry_ms, from its Last-Event-ID
                 yield ": keep-alive\n\n"
 
 

@@ -48,6 +48,7 @@ class _Hub:
     def __init__(self):
         self.bells: dict[str, set[Bell]] = defaultdict(set)
         self.reader: asyncio.Task | None = None
+        self.lost = False  # Redis could not be reached: no doorbell reaches a bell until it is back
 
     def add(self, channel: str, bell: Bell) -> None:
         self.bells[channel].add(bell)
@@ -77,12 +78,13 @@ class _Hub:
                     await pubsub.psubscribe(PATTERN)
                     async for message in pubsub.listen():
                         if message["type"] == "psubscribe":  # doorbells rung before this are in the database only
-                            backoff = BACKOFF_MIN_S
+                            backoff, self.lost = BACKOFF_MIN_S, False
                             self.ring_all()
                         elif message["type"] == "pmessage":
                             for bell in self.bells.get(message["channel"].decode(), ()):
                                 bell.ring()
-            except (redis.RedisError, OSError) as e:  # listeners wait on; SSE keeps sending keep-alives
+            except (redis.RedisError, OSError) as e:
+                self.lost = True
                 log.warning("doorbells: Redis lost (%s), connecting again in %.1fs", e, backoff)
             finally:
                 await client.aclose()
@@ -91,6 +93,12 @@ class _Hub:
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()
+
+
+def redis_lost() -> bool:
+    """Whether this event loop's subscriber has lost Redis (and not subscribed again since)."""
+    hub = _hubs.get(asyncio.get_running_loop())
+    return hub is not None and hub.lost
 
 
 @asynccontextmanager

@@ -94,7 +94,7 @@ def test_a_reply_needs_the_claim(alice, bob, ticket, claim_first):
 def test_a_bad_reply_is_400(alice, ticket, body):
     act(alice, ticket, "claim")
     response = act(alice, ticket, "reply", body)
-    assert response.status_code == 400 and "text" in response.json()
+    assert response.status_code == 400 and "text" in str(response.json())
     assert not Message.objects.filter(role="human").exists()
 
 

@@ -1,7 +1,9 @@
 """The test session's own Postgres and Redis, which `make test` starts for it in a temporary folder:
 fault tests stop and start them. With DATABASE_URL or REDIS_URL set there are none to restart."""
 
+import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,17 @@ def postgres_restart() -> None:
     pgdata = Path(PGDATA)
     pgserver.pg_ctl(["-m", "fast", "-w", "-l", str(pgdata / "log"), "restart"], pgdata=pgdata,
                     user="pgserver" if os.geteuid() == 0 else None, timeout=60)
+
+
+@contextmanager
+def postgres_down():
+    """Postgres stopped for the duration of the block, then started again as `make test` started it."""
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its exit hook logs after pytest closed its streams
+    launcher.postgres_stop(Path(PGDATA))
+    try:
+        yield
+    finally:
+        launcher.postgres_start(Path(PGDATA))
 
 
 def redis_restart() -> None:

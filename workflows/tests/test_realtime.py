@@ -4,6 +4,7 @@ import asyncio
 import json
 import uuid
 
+import httpx
 import pytest
 import redis.asyncio
 from asgiref.sync import sync_to_async
@@ -206,19 +207,36 @@ async def test_a_socket_gets_new_events_after_the_hubs_redis_connection_is_kille
     await ws.disconnect()
 
 
-async def test_while_redis_is_down_clients_wait_and_catch_up_once_it_is_back(setup, drive, settings):
+async def test_while_redis_is_down_streams_end_with_a_retry_and_sockets_catch_up_once_it_is_back(setup, drive, settings):
     run, token = setup
     redis_url, settings.REDIS_URL = settings.REDIS_URL, "redis://127.0.0.1:1"  # nothing listens there
     ws = socket(run.id, token)
     assert (await ws.connect())[0]
     assert (await ws.receive_json_from(timeout=5))["seq"] == 1
     stream = api.event_stream(run, 0, heartbeat_s=0.05)
+    assert await anext(stream) == "retry: 2000\n\n"
     assert "run.queued" in await anext(stream)
-    assert [await anext(stream) for _ in range(3)] == [": keep-alive\n\n"] * 3
+    # Once the subscriber knows Redis is gone, the stream ends: the browser comes back after `retry`.
+    assert {chunk async for chunk in stream} <= {": keep-alive\n\n"}
+    await sync_to_async(drive)(run)  # its doorbells are lost; the events are in the database
+    assert [chunk.split("\n")[0] async for chunk in api.event_stream(run, 1, heartbeat_s=0.05)] == [
+        "retry: 2000", "id: 2", "id: 3", "id: 4", "id: 5"]
 
     settings.REDIS_URL = redis_url
-    await sync_to_async(drive)(run)  # its doorbells may ring before the hub is back
     assert [e["seq"] for e in await receive_until_finished(ws, timeout=30)] == [2, 3, 4, 5]
-    assert [chunk.split("\n")[0] async for chunk in stream if not chunk.startswith(":")] == [
-        "id: 2", "id: 3", "id: 4", "id: 5"]
     await ws.disconnect()
+
+
+async def test_a_browser_event_source_gets_the_stream_and_resumes_from_last_event_id(setup, drive):
+    """The headers Chromium's EventSource sends, on the ASGI app as deployed."""
+    run, token = setup
+    await sync_to_async(drive)(run)
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream", "Cache-Control": "no-cache",
+               "Last-Event-ID": "3"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://testserver") as http:
+        response = await http.get(f"/api/v1/runs/{run.id}/events/stream/", headers=headers)
+        missing = await http.get(f"/api/v1/runs/{uuid.uuid4()}/events/stream/", headers=headers)
+    assert response.status_code == 200 and response.headers["Content-Type"] == "text/event-stream"
+    assert [line for line in response.text.splitlines() if line.startswith(("id:", "retry:"))] == [
+        "retry: 2000", "id: 4", "id: 5"]
+    assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/json"
