@@ -78,6 +78,7 @@ AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contri
 AXES_FAILURE_LIMIT = int(os.environ.get("HIL_LOGIN_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("HIL_LOGIN_COOLOFF_MIN", "15")))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_VERBOSE = False  # its start-up banner in every process says nothing an operator acts on
 AXES_RESET_ON_SUCCESS = True
 AXES_COOLOFF_MESSAGE = (f"Too many failed logins for this user from your address: logins are refused for "
                         f"{AXES_COOLOFF_TIME.total_seconds() / 60:g} minutes after the last try.")
@@ -150,7 +151,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "hil_project.api.Pagination",
     "PAGE_SIZE": 100,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["hil_project.api.StrictJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["hil_project.parsers.StrictJSONParser"],
     "EXCEPTION_HANDLER": "hil_project.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
@@ -172,6 +173,9 @@ SPECTACULAR_SETTINGS = {
 
 # Celery: one broker (Redis); the database is the source of truth for every run.
 CELERY_BROKER_URL = REDIS_URL
+# A task that cannot be sent at once is left to the sweeper (the run is queued in Postgres): a request
+# must not wait seconds for Redis (kombu would retry for 6 s). Workers reconnect by their own settings.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 0, "socket_connect_timeout": 1}
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("HIL_QUEUE", "hil")

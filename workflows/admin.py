@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
+from accounts.admin import TenantScopedAdmin
 from core.errors import ServiceError
 
 from . import services
@@ -26,7 +27,7 @@ class VersionInline(ReadOnlyInline):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(TenantScopedAdmin):
     list_display = ["slug", "name", "tenant", "live_version"]
     list_filter = ["tenant"]
     search_fields = ["slug", "name"]
@@ -35,7 +36,7 @@ class WorkflowAdmin(admin.ModelAdmin):
 
 
 @admin.register(WorkflowVersion)
-class WorkflowVersionAdmin(admin.ModelAdmin):
+class WorkflowVersionAdmin(TenantScopedAdmin):
     """Versions are immutable: add a new one to change a workflow. A version with errors
     shows them and cannot be published."""
 
@@ -84,7 +85,7 @@ class MessageInline(ReadOnlyInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(TenantScopedAdmin):
     list_display = ["id", "workflow", "status", "created_at"]
     list_filter = ["tenant", "status"]
     inlines = [MessageInline]
@@ -92,7 +93,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(TenantScopedAdmin):
     list_display = ["created_at", "conversation", "role", "text"]
     list_filter = ["tenant", "role"]
     readonly_fields = [f.name for f in Message._meta.fields]
@@ -116,7 +117,7 @@ class EventInline(ReadOnlyInline):
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(TenantScopedAdmin):
     list_display = ["id", "workflow_version", "status", "sink", "current_node", "cost", "created_at"]
     list_filter = ["tenant", "status", "sink"]
     readonly_fields = [f.name for f in Run._meta.fields]
@@ -144,7 +145,7 @@ class RunAdmin(admin.ModelAdmin):
 
 
 @admin.register(RunEvent)
-class RunEventAdmin(admin.ModelAdmin):
+class RunEventAdmin(TenantScopedAdmin):
     list_display = ["run", "seq", "type", "ts"]
     list_filter = ["tenant", "type"]
     readonly_fields = [f.name for f in RunEvent._meta.fields]

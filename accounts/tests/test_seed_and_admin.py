@@ -186,3 +186,13 @@ def test_a_superuser_sees_every_tenant(tenant, other_tenant):
     client.force_login(user_ensure(username="root", is_staff=True, is_superuser=True))
     html = client.get("/admin/accounts/tenant/").content.decode()
     assert "acme" in html and "globex" in html
+
+
+@pytest.mark.parametrize("page", ["workflows/workflow", "workflows/workflowversion", "workflows/run"])
+def test_a_member_sees_only_their_tenants_workflows_and_runs(tenant_admin, tenant, other_tenant, converse, page):
+    get_user_model().objects.get(username="ops").user_permissions.add(
+        *Permission.objects.filter(content_type__app_label__in=["workflows", "approvals", "tools"]))
+    converse(tenant, slug="acme-flow")
+    converse(other_tenant, slug="globex-flow")
+    html = tenant_admin.get(f"/admin/{page}/").content.decode()
+    assert "acme-flow" in html and "globex-flow" not in html

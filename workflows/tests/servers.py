@@ -38,6 +38,16 @@ def postgres_down():
         launcher.postgres_start(Path(PGDATA))
 
 
+@contextmanager
+def redis_down():
+    """Redis stopped for the duration of the block, then started again on its port."""
+    launcher.redis_stop(Path(REDIS_DIR), forget_port=False)
+    try:
+        yield
+    finally:
+        launcher.redis_start(Path(REDIS_DIR))
+
+
 def redis_restart() -> None:
     """Stop Redis, which keeps nothing on disk (queued task messages are lost), then start it on its port."""
     launcher.redis_stop(Path(REDIS_DIR), forget_port=False)

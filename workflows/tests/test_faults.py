@@ -257,6 +257,22 @@ def test_redis_restarted_with_50_runs_in_flight_loses_none(tenant, publish, star
 
 
 @servers.needs_own_servers
+def test_messages_posted_while_redis_is_down_are_answered_and_run_once_it_is_back(tenant, converse, start_worker,
+                                                                                   wait, api):
+    start_worker()
+    conversation, first = converse(tenant)
+    wait(done([first.id]), what="the first turn")
+    with servers.redis_down():
+        posted = [api.post(f"/api/v1/conversations/{conversation.id}/messages/", {"text": f"turn {n}", "turn_id": f"down{n}"},
+                           format="json") for n in range(3)]
+        assert [r.status_code for r in posted] == [202] * 3
+        assert [r.json()["run"]["status"] for r in posted] == ["queued", "held", "held"]
+    run_ids = [r.json()["run"]["id"] for r in posted]
+    wait(done(run_ids), what="the turns posted while Redis was down")  # the sweeper sends the first again
+    assert_healthy(run_ids)
+
+
+@servers.needs_own_servers
 def test_postgres_restarted_with_50_runs_in_flight_loses_none(tenant, publish, start_worker, wait, effects):
     log, keys = effects
     start_worker(concurrency=2)
