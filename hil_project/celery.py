@@ -46,3 +46,6 @@ def _close_old_connections(**kwargs):
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+from . import health  # noqa: E402,F401  (each task a worker takes is recorded in Redis for /readyz)

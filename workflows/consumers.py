@@ -3,7 +3,10 @@
 Authenticate with `Authorization: Bearer <token>`, or, from a browser (which cannot set
 headers on a WebSocket), with the subprotocols `bearer, <token>`: never in the URL, which
 servers log. The server sends each event envelope after `after`, then each new one as it is
-committed. Send `{"after": N}` at any time to be sent everything after N again."""
+committed. Send `{"after": N}` at any time to be sent everything after N again.
+
+While the server has lost Redis it cannot hear of new events: it sends what the database holds, then
+closes with 4503 (try again later), and the client connects again with `?after=<last seq>`."""
 
 import asyncio
 from urllib.parse import parse_qs
@@ -17,8 +20,14 @@ from . import doorbells
 from .events import events_after
 from .models import Run
 
+# 1013 ("try again later") is what the WebSocket spec has, but Daphne (autobahn) sends only 1000 and
+# 3000-4999: 4000 + the HTTP status, like 4404, and 503 is what the API answers while a server is away.
+CLOSE_TRY_AGAIN = 4503
+
 
 class RunEventsConsumer(AsyncJsonWebsocketConsumer):
+    redis_check_s = 1.0  # how soon a waiting socket notices that Redis is lost (an attribute read)
+
     async def connect(self):
         query = parse_qs(self.scope["query_string"].decode())
         headers = dict(self.scope["headers"])
@@ -48,7 +57,11 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
         async with doorbells.listen(self.run.tenant_id, self.run.id) as bell:
             while True:  # listening before the first read, so that no event falls between the two
                 await self._send_new()
-                await bell.wait()
+                while not await bell.wait(self.redis_check_s):
+                    if doorbells.redis_lost():  # no doorbell can reach us: send what is in the database, then go
+                        await self._send_new()
+                        await self.close(code=CLOSE_TRY_AGAIN)
+                        return
 
     async def _send_new(self):
         async with self.lock:

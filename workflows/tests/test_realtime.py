@@ -14,7 +14,7 @@ from django.db import connections
 from django.test import AsyncClient
 
 from hil_project.asgi import application
-from workflows import api, doorbells
+from workflows import api, consumers, doorbells
 from workflows.events import doorbell_ring
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -207,7 +207,7 @@ async def test_a_socket_gets_new_events_after_the_hubs_redis_connection_is_kille
     await ws.disconnect()
 
 
-async def test_while_redis_is_down_streams_end_with_a_retry_and_sockets_catch_up_once_it_is_back(setup, drive, settings):
+async def test_while_redis_is_down_streams_end_with_a_retry_and_sockets_close_to_come_back(setup, drive, settings):
     run, token = setup
     redis_url, settings.REDIS_URL = settings.REDIS_URL, "redis://127.0.0.1:1"  # nothing listens there
     ws = socket(run.id, token)
@@ -216,13 +216,17 @@ async def test_while_redis_is_down_streams_end_with_a_retry_and_sockets_catch_up
     stream = api.event_stream(run, 0, heartbeat_s=0.05)
     assert await anext(stream) == "retry: 2000\n\n"
     assert "run.queued" in await anext(stream)
-    # Once the subscriber knows Redis is gone, the stream ends: the browser comes back after `retry`.
+    # Once the subscriber knows Redis is gone, the stream ends: the browser comes back after `retry`;
+    # the socket closes with "try again later": the client comes back with `after`.
     assert {chunk async for chunk in stream} <= {": keep-alive\n\n"}
+    assert await ws.receive_output(timeout=10) == {"type": "websocket.close", "code": consumers.CLOSE_TRY_AGAIN}
     await sync_to_async(drive)(run)  # its doorbells are lost; the events are in the database
     assert [chunk.split("\n")[0] async for chunk in api.event_stream(run, 1, heartbeat_s=0.05)] == [
         "retry: 2000", "id: 2", "id: 3", "id: 4", "id: 5"]
 
     settings.REDIS_URL = redis_url
+    ws = socket(run.id, token, after=1)
+    assert (await ws.connect())[0]
     assert [e["seq"] for e in await receive_until_finished(ws, timeout=30)] == [2, 3, 4, 5]
     await ws.disconnect()
 
@@ -240,3 +244,21 @@ async def test_a_browser_event_source_gets_the_stream_and_resumes_from_last_even
     assert [line for line in response.text.splitlines() if line.startswith(("id:", "retry:"))] == [
         "retry: 2000", "id: 4", "id: 5"]
     assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/json"
+
+
+async def test_while_redis_is_down_a_socket_sends_what_the_database_holds_then_closes(setup, drive, settings,
+                                                                                      monkeypatch):
+    run, token = setup
+    monkeypatch.setattr(consumers.RunEventsConsumer, "redis_check_s", 0.05)
+    await sync_to_async(drive)(run)
+    redis_url, settings.REDIS_URL = settings.REDIS_URL, "redis://127.0.0.1:1"
+    ws = socket(run.id, token, after=2)
+    assert (await ws.connect())[0]
+    assert [(await ws.receive_json_from(timeout=5))["seq"] for _ in range(3)] == [3, 4, 5]
+    assert await ws.receive_output(timeout=10) == {"type": "websocket.close", "code": consumers.CLOSE_TRY_AGAIN}
+
+    settings.REDIS_URL = redis_url  # back: a socket stays open, waiting for new events
+    ws = socket(run.id, token, after=5)
+    assert (await ws.connect())[0]
+    assert await ws.receive_nothing(timeout=0.5)
+    await ws.disconnect()
