@@ -1,11 +1,13 @@
 """The load balancer's probes: /healthz without touching anything, /readyz with Postgres, Redis and a worker."""
 
+import httpx
 import pytest
 import redis
 from django.conf import settings as django_settings
 from django.db import connections
 
 from hil_project import health
+from hil_project.asgi import application
 from workflows.tests.conftest import start_worker, wait  # noqa: F401  (fixtures)
 from workflows.tests.servers import needs_own_servers, postgres_down
 
@@ -63,3 +65,13 @@ def test_readyz_names_postgres_while_it_is_down(client):
         assert "Traceback" not in response.content.decode()
     connections.close_all()  # the connection the stop cut
     assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_probes_answer_on_the_asgi_app_as_deployed(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://testserver") as http:
+        healthz, readyz = await http.get("/healthz"), await http.get("/readyz")
+    assert healthz.status_code == 200 and healthz.json() == {"status": "ok"}
+    assert readyz.status_code == 503 and readyz.headers["Content-Type"] == "application/json"
+    assert readyz.json()["checks"]["postgres"] == "ok" and readyz.json()["checks"]["redis"] != "ok"
