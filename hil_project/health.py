@@ -32,10 +32,6 @@ def _worker_key() -> str:
     return f"hil:worker-seen:{app.conf.task_default_queue}"  # instances sharing a Redis do not collide
 
 
-def _worker_window_s() -> float:
-    return float(getattr(settings, "HIL_READY_WORKER_S", 60))
-
-
 @functools.cache
 def _worker_redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
@@ -75,7 +71,7 @@ async def _redis_and_worker() -> tuple[str, str]:
         return f"unavailable ({type(e).__name__})", "unknown (Redis is unavailable)"
     finally:
         await client.aclose()
-    window = _worker_window_s()
+    window = settings.HIL_READY_WORKER_S
     if seen is None or time.time() - float(seen) > window:
         return "ok", f"no worker took a task in the last {window:g}s"
     return "ok", "ok"

@@ -26,6 +26,7 @@ HIL_DEMO = env_bool("HIL_DEMO", not os.environ.get("HIL_SECRET_KEY") and bool(os
 # HTTPS only, unless in development or the demo, which serve plain http://127.0.0.1. Each can be set.
 HTTPS_ONLY = not (DEBUG or HIL_DEMO)
 SECURE_SSL_REDIRECT = env_bool("HIL_SECURE_SSL_REDIRECT", HTTPS_ONLY)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # a load balancer's or kubelet's probes come over plain HTTP
 SESSION_COOKIE_SECURE = env_bool("HIL_SESSION_COOKIE_SECURE", HTTPS_ONLY)
 CSRF_COOKIE_SECURE = env_bool("HIL_CSRF_COOKIE_SECURE", HTTPS_ONLY)
 SECURE_HSTS_SECONDS = int(os.environ.get("HIL_SECURE_HSTS_SECONDS", 365 * 86_400 if HTTPS_ONLY else 0))
@@ -200,6 +201,8 @@ HIL_RESEND_AFTER_S = float(os.environ.get("HIL_RESEND_AFTER_S", "30"))
 HIL_RESEND_MAX_S = float(os.environ.get("HIL_RESEND_MAX_S", "600"))
 HIL_MAX_OUTPUT_BYTES = int(os.environ.get("HIL_MAX_OUTPUT_BYTES", str(1024 * 1024)))
 HIL_SWEEP_INTERVAL_S = float(os.environ.get("HIL_SWEEP_INTERVAL_S", "10"))
+# /readyz fails when no worker started a task (the sweep is one) for this long.
+HIL_READY_WORKER_S = float(os.environ.get("HIL_READY_WORKER_S", "60"))
 CELERY_BEAT_SCHEDULE = {
     "runs-sweep": {"task": "workflows.tasks.runs_sweep_task", "schedule": HIL_SWEEP_INTERVAL_S},
     "approvals-expire": {"task": "approvals.tasks.approvals_expire_task", "schedule": HIL_SWEEP_INTERVAL_S},
