@@ -262,3 +262,26 @@ async def test_while_redis_is_down_a_socket_sends_what_the_database_holds_then_c
     assert (await ws.connect())[0]
     assert await ws.receive_nothing(timeout=0.5)
     await ws.disconnect()
+
+
+def postgres_connections() -> tuple[int, int]:
+    """(max_connections, backends connected to the test database now)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('max_connections')::int, count(*) FROM pg_stat_activity"
+                       " WHERE datname = current_database()")
+        return cursor.fetchone()
+
+
+async def test_more_streams_than_postgres_has_connections_each_get_every_event(setup, drive):
+    """Streams read the database on a doorbell and hold no connection between reads."""
+    run, token = setup
+    limit, _ = await sync_to_async(postgres_connections)()
+    streams = [stream_events(run, token) for _ in range(limit + 20)]
+    assert [(await anext(stream))["seq"] for stream in streams] == [1] * len(streams)  # all open at once
+    _, in_use = await sync_to_async(postgres_connections)()
+    assert in_use < 20
+    await sync_to_async(drive)(run)
+    for stream in streams:
+        assert [event["seq"] async for event in stream] == [2, 3, 4, 5]
