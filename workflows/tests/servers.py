@@ -20,22 +20,26 @@ needs_own_servers = pytest.mark.skipif(
 
 def postgres_restart() -> None:
     """Stop Postgres (every connection is cut, statements in flight fail), then start it again."""
-    import pgserver
-
-    pgdata = Path(PGDATA)
-    pgserver.pg_ctl(["-m", "fast", "-w", "-l", str(pgdata / "log"), "restart"], pgdata=pgdata,
-                    user="pgserver" if os.geteuid() == 0 else None, timeout=60)
+    _pg_ctl("-m", "fast", "restart")
 
 
 @contextmanager
 def postgres_down():
-    """Postgres stopped for the duration of the block, then started again as `make test` started it."""
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its exit hook logs after pytest closed its streams
-    launcher.postgres_stop(Path(PGDATA))
+    """Postgres stopped for the duration of the block, then started again as it was."""
+    _pg_ctl("-m", "fast", "stop")
     try:
         yield
     finally:
-        launcher.postgres_start(Path(PGDATA))
+        _pg_ctl("restart")  # `start` would need the options it was started with; restart reads them back
+
+
+def _pg_ctl(*args: str) -> None:
+    import pgserver
+
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    pgdata = Path(PGDATA)
+    pgserver.pg_ctl(["-w", "-l", str(pgdata / "log"), *args], pgdata=pgdata,
+                    user="pgserver" if os.geteuid() == 0 else None, timeout=60)
 
 
 @contextmanager
