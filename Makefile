@@ -1,11 +1,11 @@
-# make run | make test [ARGS="-k something"] | make bench   (see README.md)
+# make run | make test [ARGS="-k something"] | make bench | make bench-connections   (see README.md)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check --no-input -qq
 LAUNCH := $(PY) -m hil_project.launcher
 
-.PHONY: run test bench
+.PHONY: run test bench bench-connections
 
 run: $(VENV)/.installed
 	$(LAUNCH) run
@@ -15,6 +15,9 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed $(VENV)/.bench-installed
 	$(LAUNCH) exec python bench/engine.py
+
+bench-connections: $(VENV)/.installed $(VENV)/.bench-installed
+	$(LAUNCH) exec python bench/connections.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -201,6 +201,9 @@ HIL_RESEND_AFTER_S = float(os.environ.get("HIL_RESEND_AFTER_S", "30"))
 HIL_RESEND_MAX_S = float(os.environ.get("HIL_RESEND_MAX_S", "600"))
 HIL_MAX_OUTPUT_BYTES = int(os.environ.get("HIL_MAX_OUTPUT_BYTES", str(1024 * 1024)))
 HIL_SWEEP_INTERVAL_S = float(os.environ.get("HIL_SWEEP_INTERVAL_S", "10"))
+# How many threads (each with its connection) read the database for one process's event-stream and
+# WebSocket clients: Postgres connections stay bounded whatever the number of clients.
+HIL_STREAM_DB_READS = int(os.environ.get("HIL_STREAM_DB_READS", "4"))
 # /readyz fails when no worker started a task (the sweep is one) for this long.
 HIL_READY_WORKER_S = float(os.environ.get("HIL_READY_WORKER_S", "60"))
 CELERY_BEAT_SCHEDULE = {

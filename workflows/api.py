@@ -1,6 +1,6 @@
 import json
 
-from channels.db import database_sync_to_async
+from django.db import connection
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -131,6 +131,9 @@ class RunEventStreamApi(TenantScopedMixin, APIView):
         run = get_object_or_404(self.tenant_queryset(Run.objects), pk=pk)
         query = EventsQuerySerializer(data={"after": request.headers.get("Last-Event-ID", request.query_params.get("after", 0))})
         query.is_valid(raise_exception=True)
+        # The request's connection would stay open as long as the stream (Django closes it when the response
+        # ends): close it now; the stream reads on the few connections of doorbells.db_read.
+        connection.close()
         response = StreamingHttpResponse(event_stream(run, query.validated_data["after"]), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -141,10 +144,10 @@ async def event_stream(run: Run, after: int, heartbeat_s: float = 15, retry_ms: 
     yield f"retry: {retry_ms}\n\n"
     async with doorbells.listen(run.tenant_id, run.id) as bell:
         while True:
-            for envelope in await database_sync_to_async(events_after)(run, after):
+            for envelope in await doorbells.db_read(events_after, run, after):
                 after = envelope["seq"]
                 yield f"id: {after}\nevent: {envelope['type']}\ndata: {json.dumps(envelope)}\n\n"
-            if await database_sync_to_async(_run_over)(run.id, after):
+            if await doorbells.db_read(_run_over, run.id, after):
                 return
             if not await bell.wait(heartbeat_s):
                 if doorbells.redis_lost():

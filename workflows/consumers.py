@@ -11,7 +11,6 @@ closes with 4503 (try again later), and the client connects again with `?after=<
 import asyncio
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from accounts.auth import authenticate_key, token_from_header
@@ -34,7 +33,7 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
         subprotocols = self.scope.get("subprotocols") or []
         from_protocol = subprotocols[1] if len(subprotocols) == 2 and subprotocols[0] == "bearer" else None
         raw = token_from_header(headers.get(b"authorization", b"").decode()) or from_protocol
-        self.run = await database_sync_to_async(self._run_for)(raw, self.scope["url_route"]["kwargs"]["run_id"])
+        self.run = await doorbells.db_read(self._run_for, raw, self.scope["url_route"]["kwargs"]["run_id"])
         if self.run is None:
             await self.close(code=4404)  # no such run for this token: the same answer as the API's 404
             return
@@ -65,7 +64,7 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def _send_new(self):
         async with self.lock:
-            for envelope in await database_sync_to_async(events_after)(self.run, self.sent):
+            for envelope in await doorbells.db_read(events_after, self.run, self.sent):
                 await self.send_json(envelope)
                 self.sent = envelope["seq"]
 

@@ -10,13 +10,16 @@ The hub's Redis connection opens with the first listener and closes when the las
 
 import asyncio
 import logging
+import threading
 import weakref
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import redis
 import redis.asyncio
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 
 from .events import doorbell_channel
 
@@ -93,6 +96,50 @@ class _Hub:
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()
+_reads: ThreadPoolExecutor | None = None
+_reads_lock = threading.Lock()
+_reads_pending = 0
+
+
+async def db_read(read, *args):
+    """A client's database read on a doorbell, on this process's few reader threads, each with a connection
+    of its own that it keeps while reads are queued and closes once none is: a doorbell heard by a
+    thousand clients uses at most HIL_STREAM_DB_READS connections, and an idle process holds none."""
+    global _reads, _reads_pending
+    with _reads_lock:
+        if _reads is None:
+            _reads = ThreadPoolExecutor(settings.HIL_STREAM_DB_READS, thread_name_prefix="hil-stream-reads")
+        _reads_pending += 1
+    return await asyncio.get_running_loop().run_in_executor(_reads, _read, read, args)
+
+
+def _read(read, args):
+    global _reads_pending
+    try:
+        return read(*args)
+    except (OperationalError, InterfaceError):
+        connection.close()  # Postgres cut it: the next read connects again
+        raise
+    finally:
+        with _reads_lock:
+            _reads_pending -= 1
+            idle = _reads_pending == 0
+        if idle:
+            connection.close()
+
+
+def db_reads_close() -> None:
+    """Close every reader thread's connection (tests, before their database is flushed)."""
+    if _reads is None:
+        return
+    barrier = threading.Barrier(settings.HIL_STREAM_DB_READS)  # one close per thread: each waits for the others
+
+    def close():
+        barrier.wait(timeout=30)
+        connection.close()
+
+    for future in [_reads.submit(close) for _ in range(settings.HIL_STREAM_DB_READS)]:
+        future.result()
 
 
 def redis_lost() -> bool:

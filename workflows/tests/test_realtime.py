@@ -34,9 +34,11 @@ async def receive_until_finished(ws, timeout=10):
 
 @pytest.fixture(autouse=True)
 async def close_thread_connections():
-    """Database work of async code runs in one shared thread: close its connections after each test."""
+    """Database work of async code runs in one shared thread and in the stream readers' threads: close their
+    connections after each test."""
     yield
     await sync_to_async(connections.close_all)()
+    await sync_to_async(doorbells.db_reads_close)()
 
 
 @pytest.fixture
