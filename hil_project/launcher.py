@@ -160,11 +160,9 @@ def postgres_start(pgdata: Path) -> str:
 
 
 def postgres_restart(pgdata: Path) -> None:
-    """Start the postmaster again after it died, with the options it had (same socket directory)."""
-    import pgserver
-
-    pgserver.pg_ctl(["-w", "-l", str(pgdata / "log"), "restart"], pgdata=pgdata,
-                    user="pgserver" if os.geteuid() == 0 else None, timeout=60)
+    """Start the postmaster again (stopping it first if it runs), with the options it had: the same socket
+    directory, so that its clients connect again."""
+    _pg_ctl(pgdata, "-w", "-l", str(pgdata / "log"), "restart")
     print(f"postgres: started again in {_shown(pgdata)}")
 
 
@@ -178,15 +176,18 @@ def postgres_alive(pgdata: Path) -> bool:
 def postgres_stop(pgdata: Path) -> None:
     if not (pgdata / "postmaster.pid").exists():
         return
-    import pgserver
-
-    # pgserver runs postgres as the system user "pgserver" when we are root.
-    user = "pgserver" if os.geteuid() == 0 else None
     try:
-        pgserver.pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=user, timeout=60)
+        _pg_ctl(pgdata, "-m", "fast", "-w", "stop")
         print("postgres: stopped")
     except subprocess.CalledProcessError:
         print(f"postgres: pg_ctl stop failed, see {pgdata / 'log'}", file=sys.stderr)
+
+
+def _pg_ctl(pgdata: Path, *args: str) -> None:
+    import pgserver
+
+    # pgserver runs postgres as the system user "pgserver" when we are root.
+    pgserver.pg_ctl(list(args), pgdata=pgdata, user="pgserver" if os.geteuid() == 0 else None, timeout=60)
 
 
 def redis_start(folder: Path) -> int:

@@ -1,7 +1,6 @@
 """The test session's own Postgres and Redis, which `make test` starts for it in a temporary folder:
 fault tests stop and start them. With DATABASE_URL or REDIS_URL set there are none to restart."""
 
-import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,26 +19,17 @@ needs_own_servers = pytest.mark.skipif(
 
 def postgres_restart() -> None:
     """Stop Postgres (every connection is cut, statements in flight fail), then start it again."""
-    _pg_ctl("-m", "fast", "restart")
+    launcher.postgres_restart(Path(PGDATA))
 
 
 @contextmanager
 def postgres_down():
     """Postgres stopped for the duration of the block, then started again as it was."""
-    _pg_ctl("-m", "fast", "stop")
+    launcher.postgres_stop(Path(PGDATA))
     try:
         yield
     finally:
-        _pg_ctl("restart")  # `start` would need the options it was started with; restart reads them back
-
-
-def _pg_ctl(*args: str) -> None:
-    import pgserver
-
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    pgdata = Path(PGDATA)
-    pgserver.pg_ctl(["-w", "-l", str(pgdata / "log"), *args], pgdata=pgdata,
-                    user="pgserver" if os.geteuid() == 0 else None, timeout=60)
+        launcher.postgres_restart(Path(PGDATA))
 
 
 @contextmanager
