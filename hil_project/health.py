@@ -37,8 +37,20 @@ def _worker_redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
 
 
+_seen_at = 0.0  # when this process last recorded itself (monotonic)
+
+
 @task_prerun.connect
 def worker_seen(**kwargs) -> None:
+    """Record that a worker of this queue took a task: at most once a second per process, as every
+    task (every run's hop) passes here."""
+    global _seen_at
+    if time.monotonic() - _seen_at >= 1:
+        _seen_at = time.monotonic()
+        worker_record()
+
+
+def worker_record() -> None:
     try:
         _worker_redis().set(_worker_key(), time.time(), ex=WORKER_KEY_TTL_S)
     except (redis.RedisError, OSError) as e:  # the task itself finds out about Redis; the probe will too

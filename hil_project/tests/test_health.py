@@ -37,7 +37,7 @@ def test_readyz_names_the_worker_when_none_took_a_task_recently(client, settings
     assert response.json() == {"status": "unavailable", "checks": {
         "postgres": "ok", "redis": "ok", "worker": "no worker took a task in the last 60s"}}
 
-    health.worker_seen()  # what a worker does as it takes a task
+    health.worker_record()  # what a worker does as it takes a task
     assert client.get("/readyz").status_code == 200
     settings.HIL_READY_WORKER_S = 0.01  # and then nothing for longer than that
     response = wait(lambda: (r := client.get("/readyz")).status_code == 503 and r, what="the worker's time to pass")
@@ -56,7 +56,7 @@ def test_readyz_names_redis_when_it_cannot_be_reached(client, settings):
 @needs_own_servers
 @pytest.mark.django_db(transaction=True)
 def test_readyz_names_postgres_while_it_is_down(client):
-    health.worker_seen()
+    health.worker_record()
     with postgres_down():
         response = client.get("/readyz")
         assert response.status_code == 503 and response["Retry-After"] == "5"
