@@ -2,8 +2,11 @@
 `make test` starts (or DATABASE_URL / REDIS_URL)."""
 
 import os
+import subprocess
+import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
@@ -106,3 +109,15 @@ def drive():
         raise AssertionError(f"run {run.id} still queued after {max_rounds} rounds")
 
     return run_until_not_queued
+
+
+@pytest.fixture
+def manage_py():
+    """manage_py(*args, **env) -> manage.py run in a process of its own, its environment only PATH and `env`:
+    nothing of the test run's own (HIL_DEBUG, the servers' URLs, ...) leaks in."""
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "manage.py", *args], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=120, env={"PATH": os.environ["PATH"], **env})
+
+    return run

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from datetime import timedelta
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from axes.models import AccessAttempt
@@ -21,19 +20,12 @@ from accounts.models import AuditEntry, Role
 from accounts.services import membership_set, user_ensure
 
 pytestmark = pytest.mark.django_db
-REPO = Path(__file__).resolve().parents[2]
 KEY = "a-production-secret-key-of-more-than-fifty-characters-0123456789"
 
 
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
-    """manage.py in a process of its own, with only PATH, the database and `env` in its environment."""
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={"PATH": os.environ["PATH"], "DATABASE_URL": os.environ["DATABASE_URL"], **env})
 
 
 def seed() -> str:
@@ -52,13 +44,15 @@ def seed() -> str:
     ({"HIL_SECRET_KEY": KEY, "HIL_DEMO": "1"}, True),                        # asked for
     ({"HIL_DEBUG": "1", "HIL_EMBEDDED_PGDATA": "/tmp/pg", "HIL_DEMO": "0"}, False),
 ])
-def test_demo_mode_is_make_run_or_asked_for(env, demo):
-    result = manage("shell", "--no-imports", "-c", "from django.conf import settings; print(settings.HIL_DEMO)", **env)
+def test_demo_mode_is_make_run_or_asked_for(manage_py, env, demo):
+    result = manage_py("shell", "--no-imports", "-c", "from django.conf import settings; print(settings.HIL_DEMO)",
+                       DATABASE_URL=os.environ["DATABASE_URL"], **env)
     assert result.stdout.strip() == str(demo), result.stderr
 
 
-def test_outside_demo_mode_the_seed_refuses_and_creates_no_user():
-    result = manage("hil_seed", HIL_SECRET_KEY=KEY, HIL_EMBEDDED_PGDATA="/tmp/pg")
+def test_outside_demo_mode_the_seed_refuses_and_creates_no_user(manage_py):
+    result = manage_py("hil_seed", DATABASE_URL=os.environ["DATABASE_URL"], HIL_SECRET_KEY=KEY,
+                       HIL_EMBEDDED_PGDATA="/tmp/pg")
     assert result.returncode == 1
     assert "runs only in demo mode" in result.stderr and "createsuperuser" in result.stderr
 
