@@ -56,6 +56,7 @@ class _Hub:
     def add(self, channel: str, bell: Bell) -> None:
         self.bells[channel].add(bell)
         if self.reader is None:
+            self.lost = False  # until this reader finds otherwise
             self.reader = asyncio.create_task(self._read(), name=CLIENT_NAME)
 
     async def remove(self, channel: str, bell: Bell) -> None:
