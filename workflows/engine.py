@@ -1,8 +1,8 @@
 """The engine: walks a run's DAG on a Celery worker, one committed step at a time.
 
 A worker claims a run with a conditional update and holds a lease on it, which a watch thread
-extends while a long step runs (and which kills a worker process whose step overstays); every step's output is committed, fenced by that lease, before
-the next step starts. Lease and wake-up times are on the database's clock. A run that waits on a
+extends while a long step runs (the same thread kills a worker process whose step overstays); every
+step's output is committed, fenced by that lease, before the next step starts. Lease and wake-up times are on the database's clock. A run that waits on a
 human holds no worker. Whatever goes wrong between claiming a node and committing it (the agent,
 its output, routing, the approval request, the sink) is that node's failure, handled on its
 failure path; a run whose workers keep dying on the same node is taken there after
