@@ -104,8 +104,8 @@ _reads_pending = 0
 
 async def db_read(read, *args):
     """A client's database read on a doorbell, on this process's few reader threads, each with a connection
-    of its own that it keeps while reads are queued and closes once none is: a doorbell heard by a
-    thousand clients uses at most HIL_STREAM_DB_READS connections, and an idle process holds none."""
+    of its own: a doorbell heard by a thousand clients uses at most HIL_STREAM_DB_READS connections. The
+    thread that finishes the last queued read closes its connection (the others keep theirs until then)."""
     global _reads, _reads_pending
     with _reads_lock:
         if _reads is None:
