@@ -174,6 +174,7 @@ SPECTACULAR_SETTINGS = {
 
 # Celery: one broker (Redis); the database is the source of truth for every run.
 CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_TRANSPORT = "hil_project.broker:Transport"  # kombu's, with a worker crash on Redis loss mended
 # A task that cannot be sent at once is left to the sweeper (the run is queued in Postgres): a request
 # must not wait seconds for Redis (kombu would retry for 6 s). Workers reconnect by their own settings.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 0, "socket_connect_timeout": 1}

@@ -5,10 +5,12 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
+from hil_project import launcher
 from hil_project.celery import app as celery_app
 
 
@@ -18,12 +20,18 @@ WORKER_ENV = {"HIL_DEBUG": "1", "HIL_AGENT_MODULES": "workflows.tests.agents", "
               "HIL_LOG_LEVEL": "INFO"}
 
 
+def process_env() -> dict[str, str]:
+    """The environment of a worker or server process the tests start: the test database, this session's
+    queue (set in os.environ by the root conftest), short leases."""
+    db_url = urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + connection.settings_dict["NAME"]).geturl()
+    return {**os.environ, "DATABASE_URL": db_url, **WORKER_ENV}
+
+
 class Worker:
     """A real Celery worker process (with the sweeper's beat) on the test database and this session's queues."""
 
     def __init__(self, log_path, concurrency=1, queues=("",), pool="prefork", wait=True):
-        db_url = urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + connection.settings_dict["NAME"]).geturl()
-        env = {**os.environ, "DATABASE_URL": db_url, **WORKER_ENV}
+        env = process_env()
         default = celery_app.conf.task_default_queue
         self.log_path = log_path
         self.log = open(log_path, "w")
@@ -78,6 +86,45 @@ def start_worker(transactional_db, tmp_path):
     yield start
     for worker in workers:
         worker.stop()
+
+
+class Daphne:
+    """The ASGI app as deployed: a Daphne process on the test database, on a free port of 127.0.0.1."""
+
+    def __init__(self, log_path):
+        port = launcher._free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", launcher.DAPHNE, "-b", "127.0.0.1", "-p", str(port), "hil_project.asgi:application"],
+            env=process_env(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=settings.BASE_DIR)
+        wait_until(self._serving, what=f"Daphne on port {port} (log: {log_path})")
+
+    def _serving(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError("Daphne exited:\n" + open(self.log.name).read())
+        try:
+            return httpx.get(self.url + "/healthz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self):
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def daphne(django_db_setup, tmp_path_factory):
+    """One Daphne for the session; the tests that use it need committed rows (transactional_db)."""
+    server = Daphne(tmp_path_factory.mktemp("daphne") / "daphne.log")
+    yield server
+    server.stop()
 
 
 def wait_until(predicate, timeout=90, interval=0.05, what="condition"):

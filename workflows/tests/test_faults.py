@@ -11,6 +11,7 @@ import json
 import threading
 from collections import Counter
 
+import httpx
 import pytest
 from django.db import connection, transaction
 
@@ -283,6 +284,71 @@ def test_postgres_restarted_with_50_runs_in_flight_loses_none(tenant, publish, s
     servers.postgres_restart()  # every connection is cut, statements in flight fail
     wait(done(run_ids), timeout=240, what="every run")
     assert_healthy(run_ids, keys())
+
+
+class Load(threading.Thread):
+    """Posts turns round-robin over HTTP until stopped, as clients keep doing through an outage; keeps every
+    answer (or the transport error, which would mean the service dropped a request)."""
+
+    def __init__(self, http, conversations):
+        super().__init__(daemon=True)
+        self.http, self.conversations, self.answers = http, conversations, []
+        self.stopping = threading.Event()
+
+    def run(self):
+        n = 0
+        while not self.stopping.is_set():
+            conversation = self.conversations[n % len(self.conversations)]
+            try:
+                self.answers.append(self.http.post(f"/api/v1/conversations/{conversation}/messages/",
+                                                   json={"text": f"m{n}", "turn_id": f"load{n}"}))
+            except httpx.TransportError as e:
+                self.answers.append(e)
+            n += 1
+
+    def answered(self, status: int) -> list[httpx.Response]:
+        return [a for a in self.answers if getattr(a, "status_code", None) == status]
+
+    def stop(self):
+        self.stopping.set()
+        self.join()
+
+
+@servers.needs_own_servers
+def test_the_service_rides_out_redis_and_postgres_restarts_under_load_without_a_restart(
+        tenant, publish, member, start_worker, daphne, wait):
+    """Daphne as deployed, with clients posting all along: while Redis is down a post is still accepted (the
+    sweeper sends its run later) and /readyz names Redis; while Postgres is down a post gets a JSON 503 with
+    Retry-After; afterwards the same process serves again and every accepted turn is answered once."""
+    start_worker(concurrency=2)
+    _, token = member(tenant)
+    publish(tenant)
+    http = httpx.Client(base_url=daphne.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    conversations = [http.post("/api/v1/conversations/", json={"workflow": "wf"}).json()["id"] for _ in range(6)]
+    load = Load(http, conversations)
+    load.start()
+    wait(lambda: len(load.answered(202)) >= 20, what="posts accepted before the outages")
+
+    with servers.redis_down():
+        accepted = len(load.answered(202))
+        wait(lambda: len(load.answered(202)) >= accepted + 10, what="posts accepted while Redis is down")
+        ready = http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("unavailable")
+
+    with servers.postgres_down():
+        wait(lambda: len(load.answered(503)) >= 3, what="posts refused while Postgres is down")
+    refused = load.answered(503)
+    assert all(a.headers["Retry-After"] and a.json()["detail"] for a in refused), refused[0].text
+
+    accepted = len(load.answered(202))
+    wait(lambda: len(load.answered(202)) >= accepted + 20, what="posts accepted after both came back")
+    load.stop()
+    assert [a for a in load.answers if getattr(a, "status_code", None) not in (202, 503)] == []
+    assert daphne.process.poll() is None  # the same process, not restarted
+    run_ids = [a.json()["run"]["id"] for a in load.answered(202)]
+    wait(done(run_ids), timeout=240, what="every accepted turn")
+    assert_healthy(run_ids)
+    wait(lambda: http.get("/readyz").status_code == 200, what="ready again")
 
 
 POISONS = {
