@@ -7,3 +7,16 @@ class ServiceError(Exception):
 
 class Conflict(ServiceError):
     """A request that lost a race or came too late (409): already decided, held by someone else."""
+
+
+class NotFound(ServiceError):
+    """What the request names does not exist (404)."""
+
+
+class SecretNotFound(NotFound):
+    """No secret of that name in the tenant."""
+
+
+class SecretUnreadable(ServiceError):
+    """A stored secret does not decrypt: its ciphertext was made for another tenant or name, was altered,
+    or was encrypted under another master key. The message names the secret, never its value."""

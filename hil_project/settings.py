@@ -1,5 +1,8 @@
 """Settings come from the environment only (see README for the variables)."""
 
+import base64
+import binascii
+import hashlib
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +20,22 @@ DEBUG = env_bool("HIL_DEBUG")
 SECRET_KEY = os.environ.get("HIL_SECRET_KEY") or ("insecure-dev-key" if DEBUG else None)
 if not SECRET_KEY:
     raise RuntimeError("HIL_SECRET_KEY must be set (or HIL_DEBUG=1 for development)")
+# The master key of the tenants' secrets (tools.Secret): the base64 of 32 random bytes, from which each
+# tenant's AES-256-GCM key is derived. `manage.py hil_secrets rotate` re-encrypts every secret under a new one.
+if os.environ.get("HIL_MASTER_KEY"):
+    try:
+        HIL_MASTER_KEY = base64.b64decode(os.environ["HIL_MASTER_KEY"].strip(), validate=True)
+    except binascii.Error:
+        HIL_MASTER_KEY = b""
+    if len(HIL_MASTER_KEY) != 32:
+        raise RuntimeError("HIL_MASTER_KEY must be the base64 of 32 bytes: "
+                           "python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'")
+elif DEBUG:
+    # Development and tests only: a key derived from the secret key, so that nothing needs setting. Secrets
+    # stored under it cannot be read once HIL_SECRET_KEY changes, and it is no secret without HIL_SECRET_KEY.
+    HIL_MASTER_KEY = hashlib.sha256(b"hil-dev-master-key:" + SECRET_KEY.encode()).digest()
+else:
+    raise RuntimeError("HIL_MASTER_KEY must be set (or HIL_DEBUG=1 for development): the base64 of 32 random bytes")
 ALLOWED_HOSTS = os.environ.get("HIL_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver").split(",")
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("HIL_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 # The demo (`make run`): no secret key of its own and the embedded database, or HIL_DEMO=1. Only then

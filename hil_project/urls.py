@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from approvals import api as approvals_api
 from hil_project import health
+from tools import api as tools_api
 from workflows import api as workflows_api
 
 api = [
@@ -24,6 +25,8 @@ api = [
     path("handovers/<uuid:pk>/claim/", approvals_api.HandoverClaimApi.as_view()),
     path("handovers/<uuid:pk>/reply/", approvals_api.HandoverReplyApi.as_view()),
     path("handovers/<uuid:pk>/return-to-ai/", approvals_api.HandoverReturnApi.as_view()),
+    path("secrets/", tools_api.SecretListApi.as_view()),
+    path("secrets/<str:name>/", tools_api.SecretDetailApi.as_view()),
 ]
 
 urlpatterns = [

@@ -34,3 +34,30 @@ class ToolCall(models.Model):
 
     def __str__(self):
         return f"{self.tool} ({self.idempotency_key})"
+
+
+class Secret(models.Model):
+    """A tenant's secret (an API key, a password), referred to by name. Only its ciphertext is stored
+    (tools/crypto.py); the value is read with `tools.services.secret_value` and never shown."""
+
+    MAX_VALUE_BYTES = 64 * 1024
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    name = models.SlugField(max_length=100, db_index=False,
+                            help_text="Letters, digits, '-' and '_'; unique in the tenant.")
+    ciphertext = models.BinaryField(help_text="The random nonce, then the AES-256-GCM ciphertext and tag.")
+    last4 = models.CharField(max_length=4, blank=True, editable=False,
+                             help_text="The value's last 4 characters, to recognise it; empty under 8 characters.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="secret_name_unique")]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def masked(self) -> str:
+        return "••••" + self.last4

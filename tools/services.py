@@ -1,10 +1,19 @@
 import json
 from typing import Callable
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
-from .models import ToolCall
+from accounts.models import Tenant
+from accounts.services import audit_record
+from core.errors import SecretNotFound, SecretUnreadable, ServiceError
+
+from . import crypto
+from .models import Secret, ToolCall
 
 
 class ToolCallConflict(Exception):
@@ -74,3 +83,90 @@ def _refusal(decision: dict) -> str:
         return "expired: nobody decided in time"
     comment = f": {decision['comment']}" if decision.get("comment") else ""
     return f"rejected by {decision.get('by') or 'a human'}{comment}"
+
+
+# --- secrets: stored encrypted (tools/crypto.py); a value is never logged, put in an error or returned by the API
+
+
+@sensitive_variables("value")
+@transaction.atomic
+def secret_set(*, tenant: Tenant, name: str, value: str, actor=None) -> Secret:
+    """Store `value` as the tenant's secret `name`, replacing the value it had."""
+    _check_secret(name=name, value=value)
+    old = Secret.objects.select_for_update().filter(tenant=tenant, name=name).values("last4").first()
+    secret, _ = Secret.objects.update_or_create(tenant=tenant, name=name, defaults={
+        "ciphertext": crypto.encrypt(settings.HIL_MASTER_KEY, tenant.pk, name, value),
+        "last4": value[-4:] if len(value) >= 8 else ""})
+    if actor is not None:
+        audit_record(tenant_id=tenant.pk, actor=actor, action="secret.set", obj=secret,
+                     old={"name": name, "last4": old["last4"]} if old else None,
+                     new={"name": name, "last4": secret.last4})
+    return secret
+
+
+@sensitive_variables()
+def secret_value(*, tenant: Tenant, name: str) -> str:
+    """The value of the tenant's secret `name`: SecretNotFound without one, SecretUnreadable if it does not
+    decrypt (moved from another tenant or name, altered, or encrypted under another master key)."""
+    secret = Secret.objects.filter(tenant=tenant, name=name).first()
+    if secret is None:
+        raise SecretNotFound(f"no secret '{name}' in tenant {tenant.slug}")
+    try:
+        return crypto.decrypt(settings.HIL_MASTER_KEY, tenant.pk, name, secret.ciphertext)
+    except crypto.Undecryptable:
+        raise SecretUnreadable(f"secret '{name}' of tenant {tenant.slug} does not decrypt: it was encrypted for "
+                               f"another tenant or name, altered, or encrypted under another master key") from None
+
+
+@transaction.atomic
+def secret_delete(*, tenant: Tenant, name: str, actor=None) -> None:
+    secret = Secret.objects.select_for_update().filter(tenant=tenant, name=name).first()
+    if secret is None:
+        raise SecretNotFound(f"no secret '{name}' in tenant {tenant.slug}")
+    if actor is not None:
+        audit_record(tenant_id=tenant.pk, actor=actor, action="secret.delete", obj=secret,
+                     old={"name": name, "last4": secret.last4})
+    secret.delete()
+
+
+@sensitive_variables()
+@transaction.atomic
+def secrets_rotate(*, new_master_key: bytes) -> tuple[int, int]:
+    """Re-encrypt every secret of every tenant under `new_master_key`, all or none; then HIL_MASTER_KEY is
+    to be set to it. Returns (re-encrypted, already under the new key): running it again is harmless."""
+    with connection.cursor() as cursor:  # no secret is written under the retiring key meanwhile; reads go on
+        cursor.execute(f"LOCK TABLE {Secret._meta.db_table} IN EXCLUSIVE MODE")
+    rotated, already = [], 0
+    for secret in Secret.objects.select_related("tenant").order_by("pk").iterator(chunk_size=500):
+        try:
+            value = crypto.decrypt(settings.HIL_MASTER_KEY, secret.tenant_id, secret.name, secret.ciphertext)
+        except crypto.Undecryptable:
+            try:
+                crypto.decrypt(new_master_key, secret.tenant_id, secret.name, secret.ciphertext)
+            except crypto.Undecryptable:
+                raise SecretUnreadable(f"secret '{secret.name}' of tenant {secret.tenant.slug} decrypts under neither "
+                                       f"the current master key nor the new one; nothing was re-encrypted") from None
+            already += 1
+            continue
+        secret.ciphertext = crypto.encrypt(new_master_key, secret.tenant_id, secret.name, value)
+        rotated.append(secret)
+    Secret.objects.bulk_update(rotated, ["ciphertext"], batch_size=500)
+    return len(rotated), already
+
+
+@sensitive_variables("value")
+def _check_secret(*, name: str, value: str) -> None:
+    try:
+        if not isinstance(name, str) or not name:
+            raise ValidationError("a name is required")
+        Secret._meta.get_field("name").run_validators(name)
+    except ValidationError as e:
+        raise ServiceError(f"secret name: {' '.join(e.messages)}") from None
+    if not isinstance(value, str) or not value:
+        raise ServiceError("a secret's value must be a non-empty string")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise ServiceError("a secret's value must be valid text (no lone surrogates)") from None
+    if size > Secret.MAX_VALUE_BYTES:
+        raise ServiceError(f"a secret's value may be at most {Secret.MAX_VALUE_BYTES} bytes (UTF-8)")

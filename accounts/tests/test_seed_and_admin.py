@@ -21,6 +21,7 @@ from accounts.services import membership_set, user_ensure
 
 pytestmark = pytest.mark.django_db
 KEY = "a-production-secret-key-of-more-than-fifty-characters-0123456789"
+MASTER_KEY = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="  # production needs one too (base64 of 32 bytes)
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +41,8 @@ def seed() -> str:
 @pytest.mark.parametrize("env, demo", [
     ({"HIL_DEBUG": "1", "HIL_EMBEDDED_PGDATA": "/tmp/pg"}, True),            # make run
     ({"HIL_DEBUG": "1"}, False),                                            # make run on an external database
-    ({"HIL_SECRET_KEY": KEY, "HIL_EMBEDDED_PGDATA": "/tmp/pg"}, False),      # a key of its own: production
-    ({"HIL_SECRET_KEY": KEY, "HIL_DEMO": "1"}, True),                        # asked for
+    ({"HIL_SECRET_KEY": KEY, "HIL_MASTER_KEY": MASTER_KEY, "HIL_EMBEDDED_PGDATA": "/tmp/pg"}, False),  # production
+    ({"HIL_SECRET_KEY": KEY, "HIL_MASTER_KEY": MASTER_KEY, "HIL_DEMO": "1"}, True),                    # asked for
     ({"HIL_DEBUG": "1", "HIL_EMBEDDED_PGDATA": "/tmp/pg", "HIL_DEMO": "0"}, False),
 ])
 def test_demo_mode_is_make_run_or_asked_for(manage_py, env, demo):
@@ -52,7 +53,7 @@ def test_demo_mode_is_make_run_or_asked_for(manage_py, env, demo):
 
 def test_outside_demo_mode_the_seed_refuses_and_creates_no_user(manage_py):
     result = manage_py("hil_seed", DATABASE_URL=os.environ["DATABASE_URL"], HIL_SECRET_KEY=KEY,
-                       HIL_EMBEDDED_PGDATA="/tmp/pg")
+                       HIL_MASTER_KEY=MASTER_KEY, HIL_EMBEDDED_PGDATA="/tmp/pg")
     assert result.returncode == 1
     assert "runs only in demo mode" in result.stderr and "createsuperuser" in result.stderr
 
