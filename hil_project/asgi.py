@@ -8,8 +8,10 @@ django_asgi = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
 from django.urls import path  # noqa: E402
 
+from hil_project import http_limits  # noqa: E402
 from workflows.consumers import RunEventsConsumer  # noqa: E402
 
+http_limits.install()
 application = ProtocolTypeRouter({
     "http": django_asgi,
     "websocket": URLRouter([path("ws/runs/<uuid:run_id>/", RunEventsConsumer.as_asgi())]),

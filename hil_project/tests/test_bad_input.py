@@ -11,6 +11,7 @@ from django.db import connections
 from approvals.models import ApprovalRequest
 from hil_project.asgi import application
 from workflows.models import Conversation, Message
+from workflows.tests.conftest import daphne  # noqa: F401  (fixture)
 from workflows.tests.servers import needs_own_servers, postgres_down
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -93,3 +94,14 @@ def test_while_postgres_is_down_the_api_answers_503_with_retry_after(api, tenant
     connections.close_all()  # the connection the stop cut; a server's next request opens a new one
     assert api.post(url, body, format="json").status_code == 202
     assert Message.objects.filter(turn_id="down").count() == 1
+
+
+@pytest.mark.parametrize("headers", [
+    {"Authorization": "Bearer " + "x" * 20_000},                   # one line over Twisted's 16 kB
+    {f"X-Filler-{n}": "y" * 1_000 for n in range(20)},             # each short, together over 16 kB
+])
+def test_headers_over_the_limit_get_a_431_that_says_so_from_daphne(daphne, headers):
+    response = httpx.get(daphne.url + "/api/v1/conversations/", headers=headers, timeout=30)
+    assert response.status_code == 431
+    assert response.json()["detail"].startswith("request headers too large")
+    assert httpx.get(daphne.url + "/healthz", timeout=30).status_code == 200  # and it serves on
