@@ -149,10 +149,14 @@ async def event_stream(run: Run, after: int, heartbeat_s: float = 15, retry_ms: 
                 yield f"id: {after}\nevent: {envelope['type']}\ndata: {json.dumps(envelope)}\n\n"
             if await doorbells.db_read(_run_over, run.id, after):
                 return
-            if not await bell.wait(heartbeat_s):
+            quiet_s = 0.0
+            while not await bell.wait(doorbells.REDIS_CHECK_S):
                 if doorbells.redis_lost():
                     return  # the client comes back after retry_ms, from its Last-Event-ID
-                yield ": keep-alive\n\n"
+                quiet_s += doorbells.REDIS_CHECK_S
+                if quiet_s >= heartbeat_s:  # and the database is read again, in case a doorbell was lost
+                    yield ": keep-alive\n\n"
+                    break
 
 
 def _run_over(run_id, seen: int) -> bool:

@@ -25,7 +25,7 @@ CLOSE_TRY_AGAIN = 4503
 
 
 class RunEventsConsumer(AsyncJsonWebsocketConsumer):
-    redis_check_s = 1.0  # how soon a waiting socket notices that Redis is lost (an attribute read)
+    redis_check_s = doorbells.REDIS_CHECK_S
 
     async def connect(self):
         query = parse_qs(self.scope["query_string"].decode())

@@ -143,6 +143,9 @@ def db_reads_close() -> None:
         future.result()
 
 
+REDIS_CHECK_S = 1.0  # how soon a waiting stream or socket notices that Redis is lost (an attribute read)
+
+
 def redis_lost() -> bool:
     """Whether this event loop's subscriber has lost Redis (and not subscribed again since)."""
     hub = _hubs.get(asyncio.get_running_loop())
