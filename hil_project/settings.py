@@ -226,6 +226,11 @@ HIL_SWEEP_INTERVAL_S = float(os.environ.get("HIL_SWEEP_INTERVAL_S", "10"))
 HIL_STREAM_DB_READS = int(os.environ.get("HIL_STREAM_DB_READS", "4"))
 # /readyz fails when no worker started a task (the sweep is one) for this long.
 HIL_READY_WORKER_S = float(os.environ.get("HIL_READY_WORKER_S", "60"))
+# A model's circuit breaker (agents/breaker.py) opens after HIL_BREAKER_FAILURES failures within
+# HIL_BREAKER_WINDOW_S, then refuses calls for HIL_BREAKER_COOLDOWN_S before letting one probe through.
+HIL_BREAKER_FAILURES = int(os.environ.get("HIL_BREAKER_FAILURES", "5"))
+HIL_BREAKER_WINDOW_S = float(os.environ.get("HIL_BREAKER_WINDOW_S", "60"))
+HIL_BREAKER_COOLDOWN_S = float(os.environ.get("HIL_BREAKER_COOLDOWN_S", "30"))
 CELERY_BEAT_SCHEDULE = {
     "runs-sweep": {"task": "workflows.tasks.runs_sweep_task", "schedule": HIL_SWEEP_INTERVAL_S},
     "approvals-expire": {"task": "approvals.tasks.approvals_expire_task", "schedule": HIL_SWEEP_INTERVAL_S},

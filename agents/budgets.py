@@ -1,0 +1,187 @@
+"""Cost budgets shared by every worker, in Redis: a model call reserves its estimated cost against
+all its budgets at once (the step's, the run's, the tenant's month), then settles the real cost or
+releases the reservation if the call failed.
+
+Money is in micro-dollars (integers). A budget is a Redis hash `spent`, `reserved` and one field
+`r:<reservation id>` per reservation still open (its amount), beside a sorted set `<key>:holds` of
+the same ids by the time (Redis's clock) their hold runs out. A worker that dies between reserving
+and settling leaves its reservation behind: the next `reserve` on that budget returns it to the
+budget once its hold has run out, inside the same script. Settling it late still records what was
+spent, once: an expired reservation's field stays, marked `x`, until it is settled or released.
+
+Keys name the tenant inside braces (`hil:{t42}:budget:...`): tenants never share counters, and in
+a Redis Cluster all of a tenant's keys hash to one slot, as a script touching several of them needs.
+"""
+
+import functools
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_CEILING, Decimal
+
+import redis
+from django.conf import settings
+
+HOLD_S = 15 * 60  # how long a reservation holds without being settled: longer than any model call
+RUN_KEYS_S = 30 * 86_400  # a run's and a step's counters live this long after their last reservation
+MONTH_GRACE_S = 7 * 86_400  # a month's counters outlive it: late settles land, analytics read them
+TIMEOUT_S = 2  # a hung Redis fails the model call instead of holding its worker
+
+
+@dataclass(frozen=True)
+class Budget:
+    scope: str  # "step", "run" or "month": what a refusal is about
+    key: str
+    limit_micros: int | None  # None: unlimited, but spending is still counted
+    expire_at: int  # unix time at which Redis drops the counters (pushed on by each reservation)
+
+    @classmethod
+    def step(cls, *, tenant_id: int, run_id, node_id: str, attempt: int, limit_micros: int | None) -> "Budget":
+        return cls("step", f"hil:{{t{tenant_id}}}:budget:run:{run_id}:step:{node_id}:{attempt}", limit_micros,
+                   int(_now().timestamp()) + RUN_KEYS_S)
+
+    @classmethod
+    def run(cls, *, tenant_id: int, run_id, limit_micros: int | None) -> "Budget":
+        return cls("run", f"hil:{{t{tenant_id}}}:budget:run:{run_id}", limit_micros,
+                   int(_now().timestamp()) + RUN_KEYS_S)
+
+    @classmethod
+    def month(cls, *, tenant_id: int, limit_micros: int | None, at: datetime | None = None) -> "Budget":
+        """The tenant's budget for the calendar month (UTC) of `at`, by default now on this worker's clock."""
+        at = (at or _now()).astimezone(timezone.utc)
+        next_month = (at.replace(day=1, hour=0, minute=0, second=0, microsecond=0) + timedelta(days=32)).replace(day=1)
+        return cls("month", f"hil:{{t{tenant_id}}}:budget:month:{at:%Y-%m}", limit_micros,
+                   int(next_month.timestamp()) + MONTH_GRACE_S)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str
+    amount_micros: int
+    budgets: tuple[Budget, ...]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    budget: Budget  # the first of the budgets given that the amount does not fit in
+    over_micros: int  # by how much it would be exceeded
+
+
+# KEYS: each budget's hash and holds, in pairs. ARGV: id, amount, hold (ms), then each budget's limit
+# (-1: unlimited) and expire_at. Returns {1} when reserved, {0, budget's 1-based index, excess}.
+RESERVE = """
+local id, amount, hold_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS / 2
+-- A retry of a call whose reply was lost: it is reserved already.
+if n > 0 and redis.call('HEXISTS', KEYS[1], 'r:' .. id) == 1 then return {1} end
+-- Give back the reservations whose hold ran out (their worker died), keeping their fields as 'x'.
+-- `holds` has exactly the reservations not yet settled, released or given back.
+for i = 1, n do
+  local hash, holds = KEYS[2 * i - 1], KEYS[2 * i]
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now)) do
+    local held = redis.call('HGET', hash, 'r:' .. old)
+    redis.call('HINCRBY', hash, 'reserved', 0 - held)  -- not -held, which is -0 for 0: no integer to Redis
+    redis.call('HSET', hash, 'r:' .. old, 'x')
+    redis.call('ZREM', holds, old)
+  end
+end
+-- Every budget must have room before any is touched.
+for i = 1, n do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  if limit >= 0 then
+    local counts = redis.call('HMGET', KEYS[2 * i - 1], 'spent', 'reserved')
+    local over = (tonumber(counts[1]) or 0) + (tonumber(counts[2]) or 0) + amount - limit
+    if over > 0 then return {0, i, over} end
+  end
+end
+for i = 1, n do
+  local hash, holds, expire_at = KEYS[2 * i - 1], KEYS[2 * i], ARGV[3 + 2 * i]
+  redis.call('HINCRBY', hash, 'reserved', ARGV[2])
+  redis.call('HSET', hash, 'r:' .. id, ARGV[2])
+  redis.call('ZADD', holds, now + hold_ms, id)
+  redis.call('EXPIREAT', hash, expire_at)
+  redis.call('EXPIREAT', holds, expire_at)
+end
+return {1}
+"""
+
+# KEYS as in RESERVE. ARGV: id, actual cost. A reservation is settled once: its field goes, so a second
+# settle or release finds nothing. One that expired (field 'x') gave its amount back already.
+SETTLE = """
+for i = 1, #KEYS / 2 do
+  local hash, holds = KEYS[2 * i - 1], KEYS[2 * i]
+  local held = redis.call('HGET', hash, 'r:' .. ARGV[1])
+  if held then
+    if held ~= 'x' then redis.call('HINCRBY', hash, 'reserved', 0 - held) end
+    redis.call('HINCRBY', hash, 'spent', ARGV[2])
+    redis.call('HDEL', hash, 'r:' .. ARGV[1])
+    redis.call('ZREM', holds, ARGV[1])
+  end
+end
+"""
+
+
+def reserve(budgets: list[Budget], amount_micros: int, *, hold_s: float = HOLD_S) -> Reservation | Refusal:
+    """Reserve `amount_micros` against every budget, or against none if one of them has no room for it
+    (`spent + reserved + amount > limit`): the Refusal names the first such budget in the order given.
+    Unsettled after `hold_s`, the reservation is given back (its worker is taken to have died)."""
+    reservation = Reservation(uuid.uuid4().hex, amount_micros, tuple(budgets))
+    args = [reservation.id, amount_micros, int(hold_s * 1000)]
+    for budget in budgets:
+        args += [-1 if budget.limit_micros is None else budget.limit_micros, budget.expire_at]
+    result = _script(RESERVE)(keys=_keys(budgets), args=args)
+    if result[0] == 1:
+        return reservation
+    return Refusal(budgets[result[1] - 1], int(result[2]))
+
+
+def settle(reservation: Reservation, actual_micros: int) -> None:
+    """Record the call's real cost, which may differ from the reservation's. Only the first settle or
+    release of a reservation counts."""
+    _script(SETTLE)(keys=_keys(reservation.budgets), args=[reservation.id, actual_micros])
+
+
+def release(reservation: Reservation) -> None:
+    """Give the reservation back: the call failed and cost nothing."""
+    settle(reservation, 0)
+
+
+def spent(budget: Budget) -> int:
+    return int(_redis().hget(budget.key, "spent") or 0)
+
+
+def reserved(budget: Budget) -> int:
+    """What calls under way have reserved and not settled yet."""
+    return int(_redis().hget(budget.key, "reserved") or 0)
+
+
+def cost_micros(*, input_tokens: int, cached_input_tokens: int = 0, output_tokens: int,
+                input_price: Decimal | str, cached_input_price: Decimal | str | None = None,
+                output_price: Decimal | str) -> int:
+    """A call's cost in micro-dollars, rounded up, from prices in dollars per million tokens (dollars per
+    million tokens are micro-dollars per token). `input_tokens` includes the cached ones, as OpenAI
+    reports them; cached tokens cost `input_price` when the model has no price of its own for them."""
+    cached_price = input_price if cached_input_price is None else cached_input_price
+    cost = ((input_tokens - cached_input_tokens) * Decimal(str(input_price))
+            + cached_input_tokens * Decimal(str(cached_price)) + output_tokens * Decimal(str(output_price)))
+    return int(cost.to_integral_value(rounding=ROUND_CEILING))
+
+
+def _keys(budgets) -> list[str]:
+    return [key for budget in budgets for key in (budget.key, f"{budget.key}:holds")]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@functools.cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+
+
+@functools.cache
+def _script(lua: str):
+    return _redis().register_script(lua)
