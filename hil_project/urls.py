@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from agents import api as agents_api
 from approvals import api as approvals_api
 from hil_project import health
 from tools import api as tools_api
@@ -27,6 +28,11 @@ api = [
     path("handovers/<uuid:pk>/return-to-ai/", approvals_api.HandoverReturnApi.as_view()),
     path("secrets/", tools_api.SecretListApi.as_view()),
     path("secrets/<str:name>/", tools_api.SecretDetailApi.as_view()),
+    path("model-endpoints/", agents_api.EndpointListApi.as_view()),
+    path("model-endpoints/<str:name>/", agents_api.EndpointDetailApi.as_view()),
+    path("model-profiles/", agents_api.ProfileListApi.as_view()),
+    path("model-profiles/<str:name>/", agents_api.ProfileDetailApi.as_view()),
+    path("llm-calls/", agents_api.LLMCallListApi.as_view()),
 ]
 
 urlpatterns = [
