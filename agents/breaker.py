@@ -10,15 +10,14 @@ the cooldown ends, present while the breaker is open or half-open; `<key>:probe`
 probe is out. Times are Redis's clock (TIME, in ms) so that workers with skewed clocks agree.
 """
 
-import functools
 import uuid
 
-import redis
 from django.conf import settings
+
+from core.redis import script
 
 PROBE_S = 60  # longer than most model calls: only then is a lost probe replaced
 FORGET_S = 86_400  # an open breaker nobody asks about for this long after its cooldown is forgotten
-TIMEOUT_S = 2  # a hung Redis fails the model call instead of holding its worker
 
 # Every script starts with Redis's time, in ms.
 NOW = """
@@ -81,7 +80,7 @@ def model_key(*, tenant_id: int, endpoint: int | str, model: str) -> str:
 
 def allow(model_key: str, *, probe_s: float = PROBE_S) -> bool:
     """Whether a call may go to the model now. When it returns True, report the call's outcome."""
-    return _script(ALLOW)(keys=_keys(model_key)[1:], args=[int(probe_s * 1000)]) == 1
+    return script(ALLOW)(keys=_keys(model_key)[1:], args=[int(probe_s * 1000)]) == 1
 
 
 def record_failure(model_key: str, *, failures: int | None = None, window_s: float | None = None,
@@ -89,27 +88,18 @@ def record_failure(model_key: str, *, failures: int | None = None, window_s: flo
     failures = settings.HIL_BREAKER_FAILURES if failures is None else failures
     window_s = settings.HIL_BREAKER_WINDOW_S if window_s is None else window_s
     cooldown_s = settings.HIL_BREAKER_COOLDOWN_S if cooldown_s is None else cooldown_s
-    _script(FAILURE)(keys=_keys(model_key), args=[failures, int(window_s * 1000), int(cooldown_s * 1000),
+    script(FAILURE)(keys=_keys(model_key), args=[failures, int(window_s * 1000), int(cooldown_s * 1000),
                                                    uuid.uuid4().hex, FORGET_S * 1000])
 
 
 def record_success(model_key: str) -> None:
-    _script(SUCCESS)(keys=_keys(model_key))
+    script(SUCCESS)(keys=_keys(model_key))
 
 
 def state(model_key: str) -> str:
-    return _script(STATE)(keys=_keys(model_key)[1:2]).decode()
+    return script(STATE)(keys=_keys(model_key)[1:2]).decode()
 
 
 def _keys(model_key: str) -> list[str]:
     return [f"{model_key}:fails", f"{model_key}:open", f"{model_key}:probe"]
 
-
-@functools.cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
-
-
-@functools.cache
-def _script(lua: str):
-    return _redis().register_script(lua)

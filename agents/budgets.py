@@ -13,19 +13,16 @@ Keys name the tenant inside braces (`hil:{t42}:budget:...`): tenants never share
 a Redis Cluster all of a tenant's keys hash to one slot, as a script touching several of them needs.
 """
 
-import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, Decimal
 
-import redis
-from django.conf import settings
+from core.redis import client, script
 
 HOLD_S = 15 * 60  # how long a reservation holds without being settled: longer than any model call
 RUN_KEYS_S = 30 * 86_400  # a run's and a step's counters live this long after their last reservation
 MONTH_GRACE_S = 7 * 86_400  # a month's counters outlive it: late settles land, analytics read them
-TIMEOUT_S = 2  # a hung Redis fails the model call instead of holding its worker
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,7 @@ def reserve(budgets: list[Budget], amount_micros: int, *, hold_s: float = HOLD_S
     args = [reservation.id, amount_micros, int(hold_s * 1000)]
     for budget in budgets:
         args += [-1 if budget.limit_micros is None else budget.limit_micros, budget.expire_at]
-    result = _script(RESERVE)(keys=_keys(budgets), args=args)
+    result = script(RESERVE)(keys=_keys(budgets), args=args)
     if result[0] == 1:
         return reservation
     return Refusal(budgets[result[1] - 1], int(result[2]))
@@ -140,7 +137,7 @@ def reserve(budgets: list[Budget], amount_micros: int, *, hold_s: float = HOLD_S
 def settle(reservation: Reservation, actual_micros: int) -> None:
     """Record the call's real cost, which may differ from the reservation's. Only the first settle or
     release of a reservation counts."""
-    _script(SETTLE)(keys=_keys(reservation.budgets), args=[reservation.id, actual_micros])
+    script(SETTLE)(keys=_keys(reservation.budgets), args=[reservation.id, actual_micros])
 
 
 def release(reservation: Reservation) -> None:
@@ -149,12 +146,12 @@ def release(reservation: Reservation) -> None:
 
 
 def spent(budget: Budget) -> int:
-    return int(_redis().hget(budget.key, "spent") or 0)
+    return int(client().hget(budget.key, "spent") or 0)
 
 
 def reserved(budget: Budget) -> int:
     """What calls under way have reserved and not settled yet."""
-    return int(_redis().hget(budget.key, "reserved") or 0)
+    return int(client().hget(budget.key, "reserved") or 0)
 
 
 def cost_micros(*, input_tokens: int, cached_input_tokens: int = 0, output_tokens: int,
@@ -176,12 +173,3 @@ def _keys(budgets) -> list[str]:
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
-
-@functools.cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
-
-
-@functools.cache
-def _script(lua: str):
-    return _redis().register_script(lua)

@@ -25,10 +25,10 @@ from typing import Callable
 
 import jsonschema
 import openai
-import redis
 import tiktoken
 from django.conf import settings
 
+from core import redis
 from tools.services import secret_value
 
 from . import breaker, budgets
@@ -228,16 +228,11 @@ def _retry_after_s(e: openai.APIStatusError) -> float:
 
 def _cool(key: str, wait_s: float) -> None:
     """Skip the model for `wait_s` (its Retry-After), in every worker."""
-    _redis().set(f"{key}:retry-after", 1, px=max(1, int(wait_s * 1000)))
+    redis.client().set(f"{key}:retry-after", 1, px=max(1, int(wait_s * 1000)))
 
 
 def _cooling(key: str) -> float:
-    return max(0.0, _redis().pttl(f"{key}:retry-after") / 1000)
-
-
-@functools.cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    return max(0.0, redis.client().pttl(f"{key}:retry-after") / 1000)
 
 
 @functools.lru_cache(maxsize=64)

@@ -137,7 +137,7 @@ def test_a_reserve_sent_again_after_its_reply_was_lost_counts_once():
     run = run_budget(5 * CALL)
     args = ["retried-id", 3 * CALL, 60_000, run.limit_micros, run.expire_at]
     for _ in range(2):  # what redis-py does on a timeout: the same script with the same arguments
-        assert budgets._script(budgets.RESERVE)(keys=[run.key, f"{run.key}:holds"], args=args) == [1]
+        assert budgets.script(budgets.RESERVE)(keys=[run.key, f"{run.key}:holds"], args=args) == [1]
     assert counters(run) == [(0, 3 * CALL)]
 
 

@@ -1,0 +1,19 @@
+"""This process's Redis client for HIL's own keys (model budgets, breakers, Retry-After marks)."""
+
+import functools
+
+import redis
+from django.conf import settings
+
+TIMEOUT_S = 2  # a hung Redis fails the model call instead of holding its worker
+
+
+@functools.cache
+def client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+
+
+@functools.cache
+def script(lua: str):
+    """A Lua script, sent to Redis once and then called by its hash."""
+    return client().register_script(lua)
