@@ -3,6 +3,7 @@ server over HTTP with the real `openai` client, falling back, waiting, refusing 
 answers against their schema as a tenant's endpoints and profile say."""
 
 import json
+import re
 from decimal import Decimal
 
 import pytest
@@ -12,7 +13,7 @@ from agents.models import AgentSettings, LLMCall
 from agents.services import endpoint_save, profile_save
 from agents.tests.conftest import LLM_TEST_KEY
 from tools.services import secret_set
-from workflows.models import RunEvent
+from workflows.models import Run, RunEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -181,3 +182,50 @@ edges:
     _, kept = converse(tenant, spec, turn_id="t2", slug="wf2")
     drive(kept)
     assert LLMCall.objects.get(run=kept).completion == json.dumps({"reply": "Kept"})
+
+
+def test_the_demo_answers_through_the_tenants_endpoint_and_falls_back_when_it_is_killed(client_for, drive,
+                                                                                       llm_server):
+    """The README's promise: point the demo tenant at an endpoint, and its intent and responder nodes answer
+    through it; kill that endpoint, and the next model of the profile answers."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from accounts.models import Tenant
+    from workflows.models import Message
+
+    out = StringIO()
+    call_command("hil_seed", stdout=out)
+    api = client_for(re.search(r"Token \(operator\): (\S+)", out.getvalue())[1])
+    demo = Tenant.objects.get(slug="demo")
+    secret_set(tenant=demo, name="llm-key", value=LLM_TEST_KEY)
+    doomed = local_llm.LocalLLMServer(api_key=LLM_TEST_KEY).start()
+    for name, server in (("doomed", doomed), ("local", llm_server)):
+        endpoint_save(tenant=demo, name=name, base_url=server.base_url, api_key_secret="llm-key", models=[
+            {"model": "hil-local-chat", "context_window": 8000, "input_price": "0.15", "output_price": "0.6"}])
+    for profile in ("fast", "balanced"):
+        profile_save(tenant=demo, name=profile, entries=[("local", "hil-local-chat")])
+
+    def say(text, turn):
+        conversation = api.post("/api/v1/conversations/", {"workflow": "customer_support"}, format="json").json()
+        posted = api.post(f"/api/v1/conversations/{conversation['id']}/messages/", {"text": text, "turn_id": turn},
+                          format="json").json()
+        run = drive(Run.objects.get(id=posted["run"]["id"]))
+        return run, Message.objects.get(run=run, role="ai").text
+
+    llm_server.script(local_llm.json_answer({"intent": "refund", "confidence": 0.9, "entities": {"order_id": 1}}),
+                      local_llm.json_answer({"reply": "Refunded 1.98 for order 1: on its way."}))
+    run, reply = say("Please refund order 1", "t1")
+    assert reply == "Refunded 1.98 for order 1: on its way."
+    assert list(LLMCall.objects.filter(run=run).values_list("node_id", "outcome")) == [
+        ("respond_refunded", "ok"), ("classify", "ok")]  # newest first
+
+    profile_save(tenant=demo, name="fast", entries=[("doomed", "hil-local-chat"), ("local", "hil-local-chat")])
+    doomed.stop()
+    llm_server.script(local_llm.json_answer({"intent": "refund", "confidence": 0.9, "entities": {"order_id": 2}}),
+                      local_llm.json_answer({"reply": "Refunded order 2."}))
+    run, reply = say("Please refund order 2", "t2")
+    assert reply == "Refunded order 2." and outcomes(run) == [
+        ("hil-local-chat", "error"), ("hil-local-chat", "ok"), ("hil-local-chat", "ok")]
+    assert "connection failed" in LLMCall.objects.get(run=run, outcome="error").error
