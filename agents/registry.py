@@ -1,5 +1,6 @@
-"""Agents by name. Built-ins register themselves; custom agents come from the modules
-listed in the HIL_AGENT_MODULES setting, imported once on first use.
+"""Agents by name. Built-ins register themselves; custom agents come from the modules listed in the
+HIL_AGENT_MODULES setting and from installed plug-ins (the `hil.agents` entry points of any installed
+distribution), all imported once on first use.
 
 An agent is a function `(ctx: StepContext) -> dict | AgentResult`. It may run more than once
 for one step (a retry, a worker that died, a run that waited for a human): side effects go
@@ -7,18 +8,28 @@ through `tools.services.tool_call_once`, which replays the ones already done.
 """
 
 import importlib
+import logging
+import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
+from importlib.metadata import EntryPoint, entry_points
 from typing import Callable, NoReturn
 
+import jsonschema
 from django.conf import settings
 from django.db import transaction
 
 from core import deadlines
 
+PLUGIN_GROUP = "hil.agents"
+
+logger = logging.getLogger(__name__)
 _agents: dict[str, Callable] = {}
 _queues: dict[str, str] = {}
+_config_schemas: dict[str, dict] = {}
+_failed_plugins: dict[str, str] = {}  # entry point name -> why it did not load
 _loaded = False
+_loading = threading.RLock()
 
 
 class LeaseLost(Exception):
@@ -77,9 +88,13 @@ class AgentResult:
     usage: dict = field(default_factory=dict)
 
 
-def register(name: str, *, queue: str = ""):
+def register(name: str, *, queue: str = "", config_schema: dict | None = None):
     """Register an agent. `queue` names a queue of its own (`<HIL_QUEUE>.<queue>`) for work that
-    should not share workers with the rest, such as long model calls."""
+    should not share workers with the rest, such as long model calls. `config_schema` is a JSON Schema
+    (draft 2020-12) that the spec validator checks each of its nodes' `config` against; besides the
+    standard formats, `"format": "jmespath"` checks that a string is a JMESPath expression."""
+    if config_schema is not None:
+        jsonschema.Draft202012Validator.check_schema(config_schema)  # a wrong schema fails the import, not a spec
 
     def decorate(fn):
         if name in _agents and _agents[name] is not fn:
@@ -87,6 +102,8 @@ def register(name: str, *, queue: str = ""):
         _agents[name] = fn
         if queue:
             _queues[name] = queue
+        if config_schema is not None:
+            _config_schemas[name] = config_schema
         return fn
 
     return decorate
@@ -94,11 +111,38 @@ def register(name: str, *, queue: str = ""):
 
 def _load():
     global _loaded
-    if not _loaded:
+    if _loaded:
+        return
+    with _loading:
+        if _loaded:
+            return
         importlib.import_module("agents.builtin")
+        importlib.import_module("agents.reasoning")
+        # Modules named in the settings load before plug-ins, so that they win a clash of names.
         for module in settings.HIL_AGENT_MODULES:
             importlib.import_module(module)
+        for entry_point in entry_points(group=PLUGIN_GROUP):
+            _load_plugin(entry_point)
         _loaded = True
+
+
+def _load_plugin(entry_point: EntryPoint) -> None:
+    """Import one plug-in. One that fails is logged and left out, with any agents it registered before
+    failing: whatever happens to be installed must not stop the app, and a spec naming its agents is
+    rejected as naming an unknown agent. (A module in HIL_AGENT_MODULES, named on purpose, still fails
+    loudly.)"""
+    before = set(_agents)
+    try:
+        entry_point.load()
+    except Exception as e:
+        for name in set(_agents) - before:
+            _agents.pop(name)
+            _queues.pop(name, None)
+            _config_schemas.pop(name, None)
+        dist = entry_point.dist.name if entry_point.dist else "an unknown distribution"
+        _failed_plugins[entry_point.name] = f"{type(e).__name__}: {e}"
+        logger.exception("agent plug-in %r (%s, from %s) failed to load and is left out: %s: %s",
+                         entry_point.name, entry_point.value, dist, type(e).__name__, e)
 
 
 def agent_names() -> set[str]:
@@ -109,6 +153,18 @@ def agent_names() -> set[str]:
 def get(name: str) -> Callable:
     _load()
     return _agents[name]
+
+
+def config_schema_of(name: str) -> dict | None:
+    """The JSON Schema of the agent `name`'s node config, if it declared one."""
+    _load()
+    return _config_schemas.get(name)
+
+
+def failed_plugins() -> dict[str, str]:
+    """The plug-ins that failed to load, by entry point name, with why."""
+    _load()
+    return dict(_failed_plugins)
 
 
 def queue_of(name: str) -> str:
