@@ -28,7 +28,10 @@ def prompt(name: str, **values) -> str:
     return string.Template((PROMPTS / f"{name}.txt").read_text()).substitute(values)
 
 
-@register("intent")
+@register("intent", config_schema={
+    "type": "object", "additionalProperties": False,
+    "properties": {"intents": {"type": "object", "additionalProperties": {"type": "string"}}, "fallback": {"type": "string"},
+                   "threshold": {"type": "number", "minimum": 0, "maximum": 1}, "profile": {"type": "string"}}})
 def intent(ctx: StepContext) -> AgentResult:
     """Classify the user's message. Config: `intents` {label: what it covers}, `fallback` (also the answer
     below `threshold` confidence (default 0: none), so that the workflow's default edge takes it), `profile`."""
@@ -54,7 +57,10 @@ def intent(ctx: StepContext) -> AgentResult:
     return AgentResult(output, cost=answer.cost, usage=answer.usage)
 
 
-@register("responder")
+@register("responder", config_schema={
+    "type": "object", "additionalProperties": False,
+    "properties": {"template": {"type": "string"}, "profile": {"type": "string"}, "persona": {"type": "string"},
+                   "max_tokens": {"type": "integer", "minimum": 1}}})
 def responder(ctx: StepContext) -> AgentResult:
     """Write the reply. Config: `template` with {{ jmespath }} placeholders over the run state; with a
     `profile`, a model writes it from the run state in the workflow's `persona`, and the template is what
@@ -83,13 +89,17 @@ def responder(ctx: StepContext) -> AgentResult:
     return AgentResult({"reply": answer.data["reply"], "model": answer.model}, cost=answer.cost, usage=answer.usage)
 
 
-@register("rules")
+@register("rules", config_schema={
+    "type": "object", "additionalProperties": False,
+    "properties": {"rules": {"type": "object", "additionalProperties": {"type": "string", "format": "jmespath"}}}})
 def rules(ctx: StepContext) -> dict:
     """Evaluate named JMESPath expressions over the run state. Config: `rules` {name: expr}."""
     return {name: evaluate(expression, ctx.state) for name, expression in ctx.config.get("rules", {}).items()}
 
 
-@register("order_lookup")
+@register("order_lookup", config_schema={
+    "type": "object", "additionalProperties": False,
+    "properties": {"order_id": {"type": "string", "format": "jmespath"}}})
 def order_lookup(ctx: StepContext) -> dict:
     """Look up an order (an invoice of the Chinook sample store, read-only).
     Config: `order_id`, a JMESPath expression giving the order number."""
@@ -109,7 +119,9 @@ def order_lookup(ctx: StepContext) -> dict:
             "customer": row[3], "country": row[4]}
 
 
-@register("issue_refund")
+@register("issue_refund", config_schema={
+    "type": "object", "additionalProperties": False, "required": ["order_id", "amount"],
+    "properties": {"order_id": {"type": "string", "format": "jmespath"}, "amount": {"type": "string", "format": "jmespath"}}})
 def issue_refund(ctx: StepContext) -> dict:
     """Record a refund in the tool-call ledger, once per idempotency key (the demo has no
     payment provider; a real one would receive the same key). Config: `order_id`, `amount`

@@ -24,7 +24,10 @@ def facts(ctx: StepContext) -> str:
     return json.dumps(ctx.state, indent=1, default=str)
 
 
-@register("planner")
+@register("planner", config_schema={
+    "type": "object", "additionalProperties": False,
+    "properties": {"capabilities": {"type": "object", "additionalProperties": {"type": "string"}},
+                   "profile": {"type": "string"}, "max_tokens": {"type": "integer", "minimum": 1}}})
 def planner(ctx: StepContext) -> AgentResult:
     """Plan the request: steps, each naming an agent or tool and why, kept as the run's `plan` artifact; or,
     when the request is unclear, a clarifying question, sent as the reply (route `when: <node>.question`
@@ -52,7 +55,10 @@ def planner(ctx: StepContext) -> AgentResult:
     return AgentResult(output, cost=answer.cost, usage=answer.usage)
 
 
-@register("reasoner")
+@register("reasoner", config_schema={
+    "type": "object", "additionalProperties": False,
+    "properties": {"task": {"type": "string"}, "profile": {"type": "string"},
+                   "max_tokens": {"type": "integer", "minimum": 1}}})
 def reasoner(ctx: StepContext) -> AgentResult:
     """Work toward an answer over the run's state and earlier artifacts. Config: `task` (what to answer),
     `profile` (default `powerful`). Offline there is nothing to reason with: the node fails to its

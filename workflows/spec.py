@@ -102,7 +102,7 @@ def validate(data) -> list[str]:
     errors = _schema_errors(SPEC_VALIDATOR, data, "")
     if errors:
         return errors
-    from agents.registry import agent_names
+    from agents.registry import agent_names, config_schema_of, failed_plugins
 
     known = agent_names()
     nodes = {}
@@ -117,7 +117,10 @@ def validate(data) -> list[str]:
             if "agent" not in node:
                 errors.append(f"node '{nid}': no agent (set `agent`, or `kind: approval`)")
             elif node["agent"] not in known:
-                errors.append(f"node '{nid}': unknown agent '{node['agent']}' (known: {', '.join(sorted(known))})")
+                failed = "".join(f"; plug-in {name!r} failed to load: {why}" for name, why in failed_plugins().items())
+                errors.append(f"node '{nid}': unknown agent '{node['agent']}' (known: {', '.join(sorted(known))}{failed})")
+            elif (schema := config_schema_of(node["agent"])) is not None:
+                errors += _agent_config_errors(nid, node["agent"], schema, node.get("config", {}))
         else:
             if "agent" in node:
                 errors.append(f"node '{nid}': an approval node has no agent")
@@ -179,6 +182,17 @@ APPROVAL_CONFIG = {
 }
 
 
+# Formats an agent's config schema may use besides the standard ones: "jmespath", an expression over the run state.
+FORMATS = jsonschema.FormatChecker()
+
+
+@FORMATS.checks("jmespath", raises=JMESPathError)
+def _is_jmespath(value) -> bool:
+    if isinstance(value, str):
+        compile_expression(value)  # raises JMESPathError, which the error message quotes
+    return True
+
+
 SPEC_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 APPROVAL_CONFIG_VALIDATOR = jsonschema.Draft202012Validator(APPROVAL_CONFIG)
 
@@ -189,8 +203,26 @@ def _schema_errors(validator, data, where: str) -> list[str]:
             for e in validator.iter_errors(data)]
 
 
+def _config_errors(validator, nid: str, config, agent: str = "") -> list[str]:
+    """A node config's errors, each naming the node (and its agent), then the JSON path of the problem in
+    the config: `node 'decode' (agent 'can_decode'): config/frames/0/id: 'x' is not of type 'integer'`."""
+    where = f"node '{nid}'" + (f" (agent '{agent}')" if agent else "")
+    errors = []
+    for e in validator.iter_errors(config):
+        if e.validator == "format" and e.validator_value == "jmespath":
+            message = f"invalid JMESPath {e.instance!r}: {e.cause}"  # as in a `when`
+        else:
+            message = e.message
+        errors.append(f"{where}: {'/'.join(['config', *map(str, e.absolute_path)])}: {message}")
+    return errors
+
+
+def _agent_config_errors(nid: str, agent: str, schema: dict, config) -> list[str]:
+    return _config_errors(jsonschema.Draft202012Validator(schema, format_checker=FORMATS), nid, config, agent)
+
+
 def _approval_config_errors(nid: str, config: dict) -> list[str]:
-    errors = _schema_errors(APPROVAL_CONFIG_VALIDATOR, config, f"node '{nid}': config")
+    errors = _config_errors(APPROVAL_CONFIG_VALIDATOR, nid, config)
     if errors:
         return errors
     if "payload" in config:

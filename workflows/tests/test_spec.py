@@ -197,6 +197,47 @@ def test_a_bad_approval_config_is_rejected(config, message):
     assert named_in(errors, message), errors
 
 
+# An agent's config is checked against the schema it registered with, each error naming the node, its
+# agent and the JSON path into the config: a typo or a wrong type is caught before any run.
+BAD_AGENT_CONFIG = {
+    "responder template not a string": (
+        "responder", "{template: 5}", "node 'b' (agent 'responder'): config/template: 5 is not of type 'string'"),
+    "responder max_tokens 0": (
+        "responder", "{template: hi, profile: fast, max_tokens: 0}",
+        "node 'b' (agent 'responder'): config/max_tokens: 0 is less than the minimum of 1"),
+    "responder with a misspelt key": (
+        "responder", "{templat: hi}",
+        "node 'b' (agent 'responder'): config: Additional properties are not allowed ('templat' was unexpected)"),
+    "intent threshold over 1": (
+        "intent", "{intents: {refund: money back}, threshold: 1.5}",
+        "node 'b' (agent 'intent'): config/threshold: 1.5 is greater than the maximum of 1"),
+    "intent description not a string": (
+        "intent", "{intents: {refund: [money, back]}}",
+        "node 'b' (agent 'intent'): config/intents/refund: ['money', 'back'] is not of type 'string'"),
+    "rules with an invalid JMESPath": (
+        "rules", "{rules: {ok: 'a.total > `0`', broken: 'a.['}}",
+        "node 'b' (agent 'rules'): config/rules/broken: invalid JMESPath 'a.[': "),
+    "order_lookup order_id not an expression": (
+        "order_lookup", "{order_id: 5}", "node 'b' (agent 'order_lookup'): config/order_id: 5 is not of type 'string'"),
+    "issue_refund without an amount": (
+        "issue_refund", "{order_id: a.order_id}",
+        "node 'b' (agent 'issue_refund'): config: 'amount' is a required property"),
+}
+
+
+@pytest.mark.parametrize("agent,config,message", BAD_AGENT_CONFIG.values(), ids=BAD_AGENT_CONFIG.keys())
+def test_a_bad_agent_config_is_rejected_naming_node_path_and_agent(agent, config, message):
+    bad = OK.replace("{id: b, agent: responder, config: {template: \"hi\"}}", f"{{id: b, agent: {agent}, config: {config}}}")
+    errors = errors_of(bad)
+    assert named_in(errors, message), errors
+
+
+def test_an_agent_config_that_needs_keys_is_rejected_without_any():
+    errors = errors_of(OK.replace("{id: b, agent: responder, config: {template: \"hi\"}}", "{id: b, agent: issue_refund}"))
+    assert errors == ["node 'b' (agent 'issue_refund'): config: 'order_id' is a required property",
+                      "node 'b' (agent 'issue_refund'): config: 'amount' is a required property"]
+
+
 def test_a_full_approval_config_is_valid():
     good = """
     entry: a
