@@ -1,11 +1,11 @@
-# make run | make test [ARGS="-k something"] | make bench | make bench-connections   (see README.md)
+# make run | make test [ARGS="-k something"] | make bench | make bench-connections | make bench-router   (see README.md)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check --no-input -qq
 LAUNCH := $(PY) -m hil_project.launcher
 
-.PHONY: run test bench bench-connections
+.PHONY: run test bench bench-connections bench-router
 
 run: $(VENV)/.installed
 	$(LAUNCH) run
@@ -18,6 +18,15 @@ bench: $(VENV)/.installed $(VENV)/.bench-installed
 
 bench-connections: $(VENV)/.installed $(VENV)/.bench-installed
 	$(LAUNCH) exec python bench/connections.py
+
+# LiteLLM, the router's peer, in a virtualenv of its own: it needs another `openai` than HIL pins.
+bench-router: $(VENV)/.installed .venv-litellm/.installed
+	$(LAUNCH) exec python bench/router.py
+
+.venv-litellm/.installed: bench/requirements-litellm.txt
+	$(PYTHON) -m venv .venv-litellm
+	.venv-litellm/bin/python -m pip --disable-pip-version-check --no-input -qq install -r bench/requirements-litellm.txt
+	touch $@
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

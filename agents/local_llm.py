@@ -190,6 +190,7 @@ class LocalLLMServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # headers and body go out at once: no 40 ms delayed-ACK stall per answer
     protocol_version = "HTTP/1.1"  # keep-alive, and chunked streams that can be cut off mid-way
     server_version = "hil-local-llm"
 

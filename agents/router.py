@@ -27,6 +27,7 @@ import jsonschema
 import openai
 import tiktoken
 from django.conf import settings
+from django.db import connection, transaction
 
 from core import redis
 from tools.services import secret_value
@@ -59,12 +60,14 @@ class Answer:
 
 def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], str | dict], profile: str = "balanced",
              schema: dict | None = None, max_tokens: int = 512) -> Answer:
-    models = list(EndpointModel.objects.filter(
+    models = _cached(ctx.tenant_id, ("profile", profile), lambda: list(EndpointModel.objects.filter(
         endpoint__tenant_id=ctx.tenant_id, endpoint__enabled=True, profile_entries__profile__name=profile,
-        profile_entries__profile__tenant_id=ctx.tenant_id).select_related("endpoint").order_by("profile_entries__position"))
+        profile_entries__profile__tenant_id=ctx.tenant_id).select_related("endpoint__tenant").order_by(
+        "profile_entries__position")))
     if not models:
         return _offline(ctx, profile, offline)
-    tenant_settings = AgentSettings.objects.filter(tenant_id=ctx.tenant_id).first()
+    tenant_settings = _cached(ctx.tenant_id, ("settings",),
+                              lambda: AgentSettings.objects.filter(tenant_id=ctx.tenant_id).first())
     limits = [
         budgets.Budget.step(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
                             limit_micros=_micros(ctx.max_cost)),
@@ -122,7 +125,8 @@ def _attempt(ctx, model, profile, key, reservation, messages, schema, max_tokens
              retry_after) -> Answer | None:
     """Call one model, asking once more if its answer does not match the schema. None: try the next one."""
     name = f"{model.endpoint.name}/{model.model}"
-    api_key = secret_value(tenant=model.endpoint.tenant, name=model.endpoint.api_key_secret)
+    api_key = _cached(model.endpoint.tenant_id, ("secret", model.endpoint.api_key_secret),
+                      lambda: secret_value(tenant=model.endpoint.tenant, name=model.endpoint.api_key_secret))
     client = _client(model.endpoint.base_url, api_key)
     request = {"model": model.model, "messages": list(messages), "max_tokens": max_tokens}
     if schema is not None:
@@ -172,6 +176,30 @@ def _attempt(ctx, model, profile, key, reservation, messages, schema, max_tokens
                                                            "with only the JSON object."}]
     budgets.settle(reservation, spent)
     raise StepFailure(f"{name} answered twice with output its schema rejects: {invalid}")
+
+
+# A tenant's endpoints, profiles, settings and keys, per process: read again when they change (agents.services
+# says so through Redis, for every process) or after CONFIG_TTL_S (a secret changed in the tools app).
+CONFIG_TTL_S = 30
+_config: dict = {}
+
+
+def config_changed(tenant_id: int) -> None:
+    redis.client().incr(_config_key(tenant_id))
+
+
+def _config_key(tenant_id: int) -> str:
+    return f"hil:{{t{tenant_id}}}:llm-config"
+
+
+def _cached(tenant_id: int, what: tuple, load: Callable):
+    version = redis.client().get(_config_key(tenant_id))
+    found = _config.get((tenant_id, what))
+    if found and found[0] == version and found[1] > time.monotonic():
+        return found[2]
+    value = load()
+    _config[(tenant_id, what)] = (version, time.monotonic() + CONFIG_TTL_S, value)
+    return value
 
 
 def count_tokens(messages: list[dict]) -> int:
@@ -259,10 +287,13 @@ def _record(ctx: StepContext, model: EndpointModel | None, profile: str, *, outc
             attempt_started: float | None = None, **fields) -> None:
     """The call's row, and its event in the run (no prompt, no key)."""
     latency_ms = round((time.monotonic() - attempt_started) * 1000) if attempt_started else 0
-    call = LLMCall.objects.create(
-        tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
-        endpoint=model.endpoint if model else None, model=model.model if model else OfflineModel.name,
-        profile=profile, outcome=outcome, error=error, latency_ms=latency_ms, **fields)
+    with transaction.atomic(), connection.cursor() as cursor:
+        # An accounting row: not worth a disk flush on the call's path (a crash may lose the last few ms of them).
+        cursor.execute("SET LOCAL synchronous_commit = off")
+        call = LLMCall.objects.create(
+            tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
+            endpoint=model.endpoint if model else None, model=model.model if model else OfflineModel.name,
+            profile=profile, outcome=outcome, error=error, latency_ms=latency_ms, **fields)
     ctx.emit("llm.call", {"node": ctx.node_id, "model": call.model, "endpoint": model.endpoint.name if model else "",
                           "profile": profile, "outcome": outcome, "error": error, "tokens_in": call.tokens_in,
                           "tokens_out": call.tokens_out, "cost": str(call.cost), "latency_ms": latency_ms})

@@ -19,6 +19,7 @@ from accounts.services import audit_record
 from core.errors import NotFound, SecretNotFound, SecretUnreadable, ServiceError
 from tools.services import secret_value
 
+from . import router
 from .models import AgentSettings, EndpointModel, LLMCall, ModelEndpoint, ModelProfile, ProfileEntry
 
 CHECK_TIMEOUT_S = 5
@@ -49,6 +50,13 @@ def endpoint_check(*, tenant: Tenant, name: str, base_url: str, api_key_secret: 
     return models
 
 
+def _config_changed(tenant: Tenant) -> None:
+    """Routers everywhere read the tenant's models again: now, and once more after commit, so that none
+    keeps what it read in between."""
+    router.config_changed(tenant.pk)
+    transaction.on_commit(lambda: router.config_changed(tenant.pk))
+
+
 def endpoint_save(*, tenant: Tenant, name: str, base_url: str, api_key_secret: str, models: list[dict],
                   enabled: bool = True, actor=None) -> ModelEndpoint:
     """Create the tenant's endpoint `name`, or replace its settings and its models (by model id: the models not
@@ -60,6 +68,7 @@ def endpoint_save(*, tenant: Tenant, name: str, base_url: str, api_key_secret: s
     models = endpoint_check(tenant=tenant, name=name, base_url=base_url, api_key_secret=api_key_secret,
                             models=models, enabled=enabled)
     with transaction.atomic():
+        _config_changed(tenant)
         endpoint = ModelEndpoint.objects.select_for_update().filter(tenant=tenant, name=name).first()
         old = _endpoint_state(endpoint) if endpoint else None
         if endpoint is None:
@@ -88,6 +97,7 @@ def endpoint_save(*, tenant: Tenant, name: str, base_url: str, api_key_secret: s
 
 @transaction.atomic
 def endpoint_delete(*, tenant: Tenant, name: str, actor=None) -> None:
+    _config_changed(tenant)
     endpoint = ModelEndpoint.objects.select_for_update().filter(tenant=tenant, name=name).first()
     if endpoint is None:
         raise NotFound(f"no model endpoint '{name}' in tenant {tenant.slug}")
@@ -289,6 +299,7 @@ def profile_entries_resolve(*, tenant: Tenant, entries) -> list[EndpointModel]:
 def profile_save(*, tenant: Tenant, name: str, entries, actor=None) -> ModelProfile:
     """Create the tenant's profile `name`, or replace its models: `entries` is [(endpoint name, model id), ...],
     tried in that order. Models of the tenant's endpoints only."""
+    _config_changed(tenant)
     _check_field(ModelProfile, "name", name)
     models = profile_entries_resolve(tenant=tenant, entries=entries)
     profile = ModelProfile.objects.select_for_update().filter(tenant=tenant, name=name).first()
@@ -309,6 +320,7 @@ def profile_save(*, tenant: Tenant, name: str, entries, actor=None) -> ModelProf
 
 @transaction.atomic
 def profile_delete(*, tenant: Tenant, name: str, actor=None) -> None:
+    _config_changed(tenant)
     profile = ModelProfile.objects.select_for_update().filter(tenant=tenant, name=name).first()
     if profile is None:
         raise NotFound(f"no model profile '{name}' in tenant {tenant.slug}")
@@ -334,6 +346,7 @@ def agent_settings_get(*, tenant: Tenant) -> AgentSettings:
 @transaction.atomic
 def agent_settings_save(*, tenant: Tenant, store_prompts: bool, monthly_budget_usd: Decimal | None,
                         actor=None) -> AgentSettings:
+    _config_changed(tenant)
     settings = AgentSettings.objects.select_for_update().filter(tenant=tenant).first()
     old = _settings_state(settings) if settings else None
     settings = settings or AgentSettings(tenant=tenant)

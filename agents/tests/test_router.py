@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 from agents import breaker, local_llm
-from agents.models import AgentSettings, LLMCall
-from agents.services import endpoint_save, profile_save
+from agents.models import LLMCall
+from agents.services import agent_settings_save, endpoint_save, profile_save
 from agents.tests.conftest import LLM_TEST_KEY
 from tools.services import secret_set
 from workflows.models import Run, RunEvent
@@ -137,7 +137,7 @@ def test_a_step_over_its_budget_is_handed_over_before_any_call(tenant, converse,
 
 
 def test_a_tenant_over_its_monthly_budget_is_handed_over(tenant, converse, drive, models):
-    AgentSettings.objects.create(tenant=tenant, monthly_budget_usd=0)
+    agent_settings_save(tenant=tenant, store_prompts=False, monthly_budget_usd=0)
     _, run = converse(tenant, classify())
     run = drive(run)
     assert run.sink == "HANDOVER" and "month budget" in run.reason and chats(models) == []
@@ -177,7 +177,7 @@ edges:
     assert drive(run).state["reply"] == {"reply": "Hello from the model", "model": "primary"}
     assert "Acme support" in models.requests[-1].body["messages"][0]["content"]
 
-    AgentSettings.objects.create(tenant=tenant, store_prompts=True)
+    agent_settings_save(tenant=tenant, store_prompts=True, monthly_budget_usd=None)
     models.script(local_llm.json_answer({"reply": "Kept"}), model="primary")
     _, kept = converse(tenant, spec, turn_id="t2", slug="wf2")
     drive(kept)
