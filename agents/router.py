@@ -15,6 +15,7 @@ A tenant with no model in the profile gets the offline model: the agent's own de
 (`offline`), recorded as a call to `hil-offline-1` that costs nothing. It is not an LLM.
 """
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -30,7 +31,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from core import redis
-from tools.services import secret_value
+from tools.services import secret_value, tool_call_once
 
 from . import breaker, budgets
 from .llm import OfflineModel
@@ -77,20 +78,46 @@ def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], st
     ]
     prompt_tokens = count_tokens(messages)
     store = bool(tenant_settings and tenant_settings.store_prompts)
-    for round_ in (1, 2):
+    waited = raised = False
+    while True:
         skipped, refusals, retry_after = [], [], []
         for model in models:
             if answer := _try(ctx, model, profile, limits, messages, schema, max_tokens, prompt_tokens, store,
                               skipped, refusals, retry_after):
                 return answer
         if refusals and not skipped:
-            raise OverBudget("over budget: " + "; ".join(refusals))
+            if raised or ctx.on_budget != "approval" or any(scope != "step" for _, scope, _ in refusals):
+                raise OverBudget("over budget: " + "; ".join(text for text, _, _ in refusals))
+            _budget_raise(ctx, min(over for _, _, over in refusals), refusals)  # may park the run for a human
+            limits[0] = dataclasses.replace(limits[0], limit_micros=_micros(ctx.max_cost))
+            raised = True
+            continue
         # Every model is away. If one asked us to wait and the step has time for it, wait once.
         wait_s = min(retry_after, default=None)
-        if round_ == 2 or wait_s is None or wait_s + 1 > (ctx.remaining() or settings.HIL_LLM_CALL_TIMEOUT_S):
+        if waited or wait_s is None or wait_s + 1 > (ctx.remaining() or settings.HIL_LLM_CALL_TIMEOUT_S):
             break
         time.sleep(wait_s)
-    raise NoModelAnswered(f"no model of profile '{profile}' answered: " + "; ".join(skipped + refusals))
+        waited = True
+    raise NoModelAnswered(f"no model of profile '{profile}' answered: " + "; ".join(
+        skipped + [text for text, _, _ in refusals]))
+
+
+def _budget_raise(ctx: StepContext, over_micros: int, refusals: list) -> None:
+    """Ask a human to raise the step's budget by what its cheapest call lacks (`on_budget: approval`). The run
+    waits for the decision; the step then runs again, and this returns the decision recorded (the tool-call
+    ledger keeps it under the same key). Approved, the step's budget grows by the amount approved (edits
+    included); rejected, OverBudget with the reviewer's reason."""
+    extra_usd = float(Decimal(over_micros) / MICROS)
+    result = tool_call_once(
+        ctx=ctx, tool="budget.raise", args={"node": ctx.node_id, "extra_usd": extra_usd},
+        call=lambda args, key: {"extra_usd": args["extra_usd"]},
+        approval={"title": f"Node '{ctx.node_id}' needs about ${extra_usd:.6f} more than its budget",
+                  "schema": {"type": "object", "required": ["extra_usd"],
+                             "properties": {"extra_usd": {"type": "number", "minimum": 0}}}})
+    if result.get("refused"):
+        raise OverBudget("over budget, and the raise was " + result["reason"] + ": " + "; ".join(
+            text for text, _, _ in refusals))
+    ctx.max_cost = (ctx.max_cost or 0) + result["extra_usd"]
 
 
 def _try(ctx, model, profile, limits, messages, schema, max_tokens, prompt_tokens, store, skipped, refusals,
@@ -111,7 +138,7 @@ def _try(ctx, model, profile, limits, messages, schema, max_tokens, prompt_token
         refusal = (f"{name} needs about ${Decimal(estimate) / MICROS:.6f}, ${Decimal(reservation.over_micros) / MICROS:.6f} "
                    f"more than the {reservation.budget.scope} budget has left")
         _record(ctx, model, profile, outcome=LLMCall.Outcome.REFUSED_BUDGET, error=refusal)
-        refusals.append(refusal)
+        refusals.append((refusal, reservation.budget.scope, reservation.over_micros))
         return None
     if not breaker.allow(key):
         budgets.release(reservation)

@@ -194,7 +194,7 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
     ctx = registry.StepContext(tenant_id=run.tenant_id, run_id=str(run.id), node_id=node_id, attempt=run.attempt,
                                config=node.get("config", {}), state=run.state, holding=partial(_holding, run.id, lease),
                                emit=lambda type_, data: _commit(run, lease, events=[(type_, data)]),
-                               max_cost=limits["max_cost"])
+                               max_cost=limits["max_cost"], on_budget=node.get("on_budget", "HANDOVER"))
     started = timezone.now()
     error, retryable, waiting = None, True, None
     timeout_s = limits["timeout_ms"] / 1000
@@ -205,8 +205,8 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
             deadlines.check()  # an agent that returns late failed, even if it did not notice
             result = result if isinstance(result, registry.AgentResult) else registry.AgentResult(result)
             _output_check(result.output)
-            if limits["max_cost"] is not None and result.cost > Decimal(str(limits["max_cost"])):
-                raise StepFailure(f"cost {result.cost} is over the node's budget of {limits['max_cost']}")
+            if ctx.max_cost is not None and result.cost > Decimal(str(ctx.max_cost)):  # as a human may have raised it
+                raise StepFailure(f"cost {result.cost} is over the node's budget of {ctx.max_cost}")
             state = {**run.state, node_id: result.output}
             next_id = _route(spec, node_id, state)
         except WaitForHuman as wait:

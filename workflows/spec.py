@@ -51,6 +51,7 @@ SCHEMA = {
                     "agent": {"type": "string"},
                     "config": {"type": "object"},
                     "on_failure": {"type": "string"},
+                    "on_budget": {"enum": ["HANDOVER", "approval"]},
                     "limits": {
                         "type": "object",
                         "additionalProperties": False,

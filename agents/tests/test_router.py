@@ -229,3 +229,38 @@ def test_the_demo_answers_through_the_tenants_endpoint_and_falls_back_when_it_is
     assert reply == "Refunded order 2." and outcomes(run) == [
         ("hil-local-chat", "error"), ("hil-local-chat", "ok"), ("hil-local-chat", "ok")]
     assert "connection failed" in LLMCall.objects.get(run=run, outcome="error").error
+
+
+BUDGETED = """
+entry: classify
+nodes:
+  - id: classify
+    agent: intent
+    config: {profile: fast, intents: {refund: money back for an order, other: anything else}, fallback: unknown}
+    limits: {timeout_ms: 20000, max_retries: 0, max_cost: 0.00001}
+    on_budget: approval
+edges:
+  - {from: classify, to: FINISH, when: "classify.intent == 'refund'"}
+  - {from: classify, to: HANDOVER}
+"""
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_over_its_budget_a_node_may_ask_a_human_for_more(tenant, converse, drive, models, api, decision):
+    from approvals.models import ApprovalRequest
+
+    models.script(local_llm.json_answer(REFUND), model="primary")
+    _, run = converse(tenant, BUDGETED)
+    run = drive(run)
+    approval = ApprovalRequest.objects.get(run=run)
+    assert run.status == "waiting" and chats(models) == []
+    assert "needs about $" in approval.title and approval.payload["extra_usd"] > 0
+    answered = api.post(f"/api/v1/approvals/{approval.id}/decision/", {"decision": decision, "comment": "no"},
+                        format="json")
+    assert answered.status_code == 200
+    run = drive(run)
+    if decision == "approve":
+        assert run.sink == "FINISH" and chats(models) == ["primary"] and run.cost <= Decimal("0.00001") + Decimal(
+            str(approval.payload["extra_usd"]))
+    else:
+        assert run.sink == "HANDOVER" and "raise was rejected" in run.reason and chats(models) == []
