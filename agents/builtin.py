@@ -31,7 +31,8 @@ def prompt(name: str, **values) -> str:
 @register("intent", config_schema={
     "type": "object", "additionalProperties": False,
     "properties": {"intents": {"type": "object", "additionalProperties": {"type": "string"}}, "fallback": {"type": "string"},
-                   "threshold": {"type": "number", "minimum": 0, "maximum": 1}, "profile": {"type": "string"}}})
+                   "threshold": {"type": "number", "minimum": 0, "maximum": 1}, "profile": {"type": "string"},
+                   "cache": router.CACHE_CONFIG}})
 def intent(ctx: StepContext) -> AgentResult:
     """Classify the user's message. Config: `intents` {label: what it covers}, `fallback` (also the answer
     below `threshold` confidence (default 0: none), so that the workflow's default edge takes it), `profile`."""
@@ -45,7 +46,8 @@ def intent(ctx: StepContext) -> AgentResult:
         result = OfflineModel().classify(text, labels, fallback)
         return {"intent": result.label, "confidence": result.confidence, "entities": result.entities}
 
-    answer = router.complete(ctx, profile=ctx.config.get("profile", "fast"), schema=schema, max_tokens=200, offline=offline,
+    answer = router.complete(ctx, cache=ctx.config.get("cache", "exact"), profile=ctx.config.get("profile", "fast"),
+                             schema=schema, max_tokens=200, offline=offline,
                              messages=[{"role": "system", "content": prompt(
                                  "intent", fallback=fallback,
                                  intents="\n".join(f"- {label}: {about}" for label, about in labels.items()))},
@@ -59,7 +61,8 @@ def intent(ctx: StepContext) -> AgentResult:
 
 @register("responder", config_schema={
     "type": "object", "additionalProperties": False,
-    "properties": {"template": {"type": "string"}, "profile": {"type": "string"}, "persona": {"type": "string"},
+    "properties": {"template": {"type": "string"}, "profile": {"type": "string"}, "cache": router.CACHE_CONFIG,
+                   "persona": {"type": "string"},
                    "max_tokens": {"type": "integer", "minimum": 1}}})
 def responder(ctx: StepContext) -> AgentResult:
     """Write the reply. Config: `template` with {{ jmespath }} placeholders over the run state; with a
@@ -81,7 +84,8 @@ def responder(ctx: StepContext) -> AgentResult:
             return {"reply": template}
     facts = {key: value for key, value in ctx.state.items() if key != "input"}
     answer = router.complete(
-        ctx, profile=ctx.config["profile"], max_tokens=ctx.config.get("max_tokens", 400), offline=offline,
+        ctx, cache=ctx.config.get("cache", "exact"), profile=ctx.config["profile"],
+        max_tokens=ctx.config.get("max_tokens", 400), offline=offline,
         schema={"type": "object", "required": ["reply"], "properties": {"reply": {"type": "string", "minLength": 1}}},
         messages=[{"role": "system", "content": prompt("responder", persona=ctx.config.get("persona", "our team"),
                                                        facts=json.dumps(facts, indent=1))},

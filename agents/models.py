@@ -1,9 +1,14 @@
 """Where a tenant's model calls go: OpenAI-compatible endpoints and the models they serve, with prices;
-profiles, ordered lists of those models that agents name; each call made, with its cost; and the
-tenant's settings for them. Written by agents/services.py."""
+profiles, ordered lists of those models that agents name; each call made, with its cost; the
+tenant's settings for them; and the answers the router keeps in its caches. Written by agents/services.py
+and, for the caches, agents/cache.py."""
 
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.utils import timezone
+from pgvector.django import HnswIndex, VectorField
+
+from .embeddings import DIMENSIONS
 
 PRICE = {"max_digits": 12, "decimal_places": 6, "validators": [MinValueValidator(0)],
          "help_text": "USD per 1M tokens."}
@@ -83,7 +88,7 @@ class ProfileEntry(models.Model):
     profile's tenant (checked by agents.services.profile_save); a model in a profile cannot be deleted."""
 
     profile = models.ForeignKey(ModelProfile, on_delete=models.CASCADE, related_name="entries")
-    endpoint_model = models.ForeignKey(EndpointModel, on_delete=models.PROTECT, related_name="profile_entries")
+    endpoint_model = models.ForeignKey(EndpointModel, on_delete=models.RESTRICT, related_name="profile_entries")
     position = models.PositiveIntegerField()
 
     class Meta:
@@ -168,3 +173,39 @@ class LLMCall(models.Model):
 
     def __str__(self):
         return f"{self.model} ({self.outcome})"
+
+
+class CachedAnswer(models.Model):
+    """A model's answer, kept to answer the same request again without calling a model (agents/cache.py).
+
+    `scope` is the hash of what must match before anything else is compared: tenant, workflow version,
+    system prompt, profile and output schema. An exact hit has the same `request_hash` (the scope and the
+    whole request); a semantic hit has the same `context_hash` (the request but for its last user message)
+    and a last user message whose `embedding` is close enough. Rows past `expires_at` are never served."""
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+", db_index=False)
+    scope = models.CharField(max_length=64)
+    request_hash = models.CharField(max_length=64)
+    context_hash = models.CharField(max_length=64, help_text="The request without its last user message's text.")
+    answer = models.TextField()
+    data = models.JSONField(null=True, blank=True, help_text="The answer parsed, when a schema was asked for.")
+    model = models.CharField(max_length=200)
+    cost = models.DecimalField(**COST, help_text="USD the model call cost: what each hit saves.")
+    embedding = VectorField(dimensions=DIMENSIONS, null=True, blank=True,
+                            help_text="The last user message's, when the answer may be served semantically.")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "request_hash"], name="cached_answer_request_unique")]
+        indexes = [
+            # A small scope is searched exactly through this one; a big one through the HNSW index.
+            models.Index(fields=["tenant", "scope", "context_hash"], name="cached_answer_scope"),
+            HnswIndex(fields=["embedding"], name="cached_answer_embedding", m=16, ef_construction=64,
+                      opclasses=["vector_cosine_ops"]),
+            models.Index(fields=["expires_at"], name="cached_answer_expiry"),
+        ]
+
+    def __str__(self):
+        return f"{self.model} answer ({self.request_hash[:12]})"

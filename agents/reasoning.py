@@ -27,7 +27,8 @@ def facts(ctx: StepContext) -> str:
 @register("planner", config_schema={
     "type": "object", "additionalProperties": False,
     "properties": {"capabilities": {"type": "object", "additionalProperties": {"type": "string"}},
-                   "profile": {"type": "string"}, "max_tokens": {"type": "integer", "minimum": 1}}})
+                   "profile": {"type": "string"}, "cache": router.CACHE_CONFIG,
+                   "max_tokens": {"type": "integer", "minimum": 1}}})
 def planner(ctx: StepContext) -> AgentResult:
     """Plan the request: steps, each naming an agent or tool and why, kept as the run's `plan` artifact; or,
     when the request is unclear, a clarifying question, sent as the reply (route `when: <node>.question`
@@ -41,7 +42,8 @@ def planner(ctx: StepContext) -> AgentResult:
                          for name, about in capabilities.items()], "question": None}
 
     answer = router.complete(
-        ctx, profile=ctx.config.get("profile", "balanced"), schema=plan_schema(sorted(capabilities)), max_tokens=ctx.config.get("max_tokens", 800),
+        ctx, cache=ctx.config.get("cache", "exact"), profile=ctx.config.get("profile", "balanced"),
+        schema=plan_schema(sorted(capabilities)), max_tokens=ctx.config.get("max_tokens", 800),
         offline=offline, messages=[
             {"role": "system", "content": prompt("planner", facts=facts(ctx), capabilities="\n".join(
                 f"- {name}: {about}" for name, about in capabilities.items()))},
@@ -57,7 +59,7 @@ def planner(ctx: StepContext) -> AgentResult:
 
 @register("reasoner", config_schema={
     "type": "object", "additionalProperties": False,
-    "properties": {"task": {"type": "string"}, "profile": {"type": "string"},
+    "properties": {"task": {"type": "string"}, "profile": {"type": "string"}, "cache": router.CACHE_CONFIG,
                    "max_tokens": {"type": "integer", "minimum": 1}}})
 def reasoner(ctx: StepContext) -> AgentResult:
     """Work toward an answer over the run's state and earlier artifacts. Config: `task` (what to answer),
@@ -70,7 +72,8 @@ def reasoner(ctx: StepContext) -> AgentResult:
                           "has none for this tenant")
 
     answer = router.complete(
-        ctx, profile=ctx.config.get("profile", "powerful"), schema=ANSWER_SCHEMA,
+        ctx, cache=ctx.config.get("cache", "exact"), profile=ctx.config.get("profile", "powerful"),
+        schema=ANSWER_SCHEMA,
         max_tokens=ctx.config.get("max_tokens", 1000), offline=offline, messages=[
             {"role": "system", "content": prompt("reasoner", task=task, facts=facts(ctx))},
             {"role": "user", "content": ctx.state["input"]["text"]}])

@@ -65,6 +65,7 @@ class StepContext:
     holding: Callable = transaction.atomic
     # emit(type, data): append a run event now, while this worker holds the run (a model call's record).
     emit: Callable[[str, dict], None] = lambda type_, data: None
+    workflow_version_id: int | None = None  # what cached model answers are scoped by
     max_cost: float | None = None  # the node's budget in USD (limits.max_cost), held by the model router
     on_budget: str = "HANDOVER"  # over that budget: HANDOVER, or "approval" to ask a human for more
     calls: int = 0  # tool calls so far in this attempt: the n-th call has the same key in every attempt

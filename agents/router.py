@@ -34,11 +34,15 @@ from core import redis
 from tools.services import secret_value, tool_call_once
 
 from . import breaker, budgets
+from . import cache as llm_cache
 from .llm import OfflineModel
 from .models import AgentSettings, EndpointModel, LLMCall
 from .registry import StepContext, StepFailure
 
 MICROS = Decimal(1_000_000)
+# A node's `cache`: answers to the same request (`exact`, the default), also to a close paraphrase of the
+# customer's last message (`semantic`, agents/cache.py), or `none` (not "off", which YAML reads as false).
+CACHE_CONFIG = {"enum": ["exact", "semantic", "none"]}
 
 
 class OverBudget(StepFailure):
@@ -60,7 +64,7 @@ class Answer:
 
 
 def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], str | dict], profile: str = "balanced",
-             schema: dict | None = None, max_tokens: int = 512) -> Answer:
+             schema: dict | None = None, max_tokens: int = 512, cache: str = "exact") -> Answer:
     models = _cached(ctx.tenant_id, ("profile", profile), lambda: list(EndpointModel.objects.filter(
         endpoint__tenant_id=ctx.tenant_id, endpoint__enabled=True, profile_entries__profile__name=profile,
         profile_entries__profile__tenant_id=ctx.tenant_id).select_related("endpoint__tenant").order_by(
@@ -76,14 +80,27 @@ def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], st
         budgets.Budget.month(tenant_id=ctx.tenant_id, limit_micros=_micros(
             tenant_settings.monthly_budget_usd if tenant_settings else None)),
     ]
-    prompt_tokens = count_tokens(messages)
     store = bool(tenant_settings and tenant_settings.store_prompts)
+    cached = dict(tenant_id=ctx.tenant_id, messages=messages, max_tokens=max_tokens, schema=schema,
+                  semantic=cache == "semantic", scope=llm_cache.scope_of(
+                      tenant_id=ctx.tenant_id, workflow_version_id=ctx.workflow_version_id, profile=profile,
+                      schema=schema,
+                      system_prompt="\n".join(str(m["content"]) for m in messages if m["role"] == "system")))
+    if cache != "none" and (hit := llm_cache.lookup(**cached)):
+        _record(ctx, None, profile, outcome=LLMCall.Outcome.OK, cache=hit.kind, saved_cost=hit.saved_cost,
+                model_name=hit.model)
+        return Answer(text=hit.text, data=hit.data, model=hit.model,
+                      usage={"model": hit.model, "cache": hit.kind, "saved_cost": str(hit.saved_cost)})
+    prompt_tokens = count_tokens(messages)
     waited = raised = False
     while True:
         skipped, refusals, retry_after = [], [], []
         for model in models:
             if answer := _try(ctx, model, profile, limits, messages, schema, max_tokens, prompt_tokens, store,
                               skipped, refusals, retry_after):
+                if cache != "none":
+                    llm_cache.store(**cached, answer_text=answer.text, data=answer.data, model=answer.model,
+                                    cost=answer.cost)
                 return answer
         if refusals and not skipped:
             if raised or ctx.on_budget != "approval" or any(scope != "step" for _, scope, _ in refusals):
@@ -311,16 +328,18 @@ def _cost_micros(model: EndpointModel, tokens_in: int, cached: int, tokens_out: 
 
 
 def _record(ctx: StepContext, model: EndpointModel | None, profile: str, *, outcome: str, error: str = "",
-            attempt_started: float | None = None, **fields) -> None:
-    """The call's row, and its event in the run (no prompt, no key)."""
+            attempt_started: float | None = None, model_name: str = OfflineModel.name, **fields) -> None:
+    """The call's row, and its event in the run (no prompt, no key). Without `model`: the offline model, or
+    a cached answer of `model_name`."""
     latency_ms = round((time.monotonic() - attempt_started) * 1000) if attempt_started else 0
     with transaction.atomic(), connection.cursor() as cursor:
         # An accounting row: not worth a disk flush on the call's path (a crash may lose the last few ms of them).
         cursor.execute("SET LOCAL synchronous_commit = off")
         call = LLMCall.objects.create(
             tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
-            endpoint=model.endpoint if model else None, model=model.model if model else OfflineModel.name,
+            endpoint=model.endpoint if model else None, model=model.model if model else model_name,
             profile=profile, outcome=outcome, error=error, latency_ms=latency_ms, **fields)
     ctx.emit("llm.call", {"node": ctx.node_id, "model": call.model, "endpoint": model.endpoint.name if model else "",
                           "profile": profile, "outcome": outcome, "error": error, "tokens_in": call.tokens_in,
-                          "tokens_out": call.tokens_out, "cost": str(call.cost), "latency_ms": latency_ms})
+                          "tokens_out": call.tokens_out, "cost": str(call.cost), "latency_ms": latency_ms,
+                          "cache": call.cache, "saved_cost": str(call.saved_cost)})

@@ -232,9 +232,16 @@ HIL_BREAKER_FAILURES = int(os.environ.get("HIL_BREAKER_FAILURES", "5"))
 HIL_BREAKER_WINDOW_S = float(os.environ.get("HIL_BREAKER_WINDOW_S", "60"))
 HIL_BREAKER_COOLDOWN_S = float(os.environ.get("HIL_BREAKER_COOLDOWN_S", "30"))
 HIL_LLM_CALL_TIMEOUT_S = float(os.environ.get("HIL_LLM_CALL_TIMEOUT_S", "60"))  # one model call, within the step's deadline
+# The router's caches (agents/cache.py) keep an answer this long; 0 turns both off. A semantic hit needs a
+# cosine similarity of at least HIL_LLM_SEMANTIC_THRESHOLD between the last user messages (MiniLM puts
+# "refund for order 5" and "refund for order 6" at 0.87: lower thresholds serve one order's answer to another).
+HIL_LLM_CACHE_TTL_S = int(os.environ.get("HIL_LLM_CACHE_TTL_S", "86400"))
+HIL_LLM_SEMANTIC_THRESHOLD = float(os.environ.get("HIL_LLM_SEMANTIC_THRESHOLD", "0.95"))
 CELERY_BEAT_SCHEDULE = {
     "runs-sweep": {"task": "workflows.tasks.runs_sweep_task", "schedule": HIL_SWEEP_INTERVAL_S},
     "approvals-expire": {"task": "approvals.tasks.approvals_expire_task", "schedule": HIL_SWEEP_INTERVAL_S},
+    # Expired answers are never served; this only gives their space back.
+    "llm-cache-expire": {"task": "agents.tasks.llm_cache_expire_task", "schedule": 3600},
 }
 # Modules imported at start-up that register custom agents (comma-separated).
 HIL_AGENT_MODULES = [m for m in os.environ.get("HIL_AGENT_MODULES", "").split(",") if m]

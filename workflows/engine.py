@@ -194,7 +194,8 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
     ctx = registry.StepContext(tenant_id=run.tenant_id, run_id=str(run.id), node_id=node_id, attempt=run.attempt,
                                config=node.get("config", {}), state=run.state, holding=partial(_holding, run.id, lease),
                                emit=lambda type_, data: _commit(run, lease, events=[(type_, data)]),
-                               max_cost=limits["max_cost"], on_budget=node.get("on_budget", "HANDOVER"))
+                               max_cost=limits["max_cost"], on_budget=node.get("on_budget", "HANDOVER"),
+                               workflow_version_id=run.workflow_version_id)
     started = timezone.now()
     error, retryable, waiting = None, True, None
     timeout_s = limits["timeout_ms"] / 1000

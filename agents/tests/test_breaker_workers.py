@@ -26,7 +26,7 @@ def test_a_breaker_opened_by_one_worker_keeps_another_away_until_a_probe_closes_
         endpoint_save(tenant=tenant, name=name, base_url=llm_server.base_url, api_key_secret="llm-key", models=[
             {"model": model, "context_window": 8000, "input_price": "1.0", "output_price": "2.0"}])
     profile_save(tenant=tenant, name="fast", entries=[("main", "primary"), ("backup", "spare")])
-    workflow = publish(tenant, classify())
+    workflow = publish(tenant, classify().replace("fallback: unknown}", "fallback: unknown, cache: none}"))  # every turn asks
     llm_server.script(local_llm.server_error(), local_llm.server_error(), model="primary")
     llm_server.script(*[local_llm.json_answer(REFUND)] * 3, model="spare")
 

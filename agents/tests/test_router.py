@@ -13,6 +13,7 @@ from agents.models import LLMCall
 from agents.services import agent_settings_save, endpoint_save, profile_save
 from agents.tests.conftest import LLM_TEST_KEY
 from tools.services import secret_set
+from workflows import services
 from workflows.models import Run, RunEvent
 
 pytestmark = pytest.mark.django_db
@@ -264,3 +265,44 @@ def test_over_its_budget_a_node_may_ask_a_human_for_more(tenant, converse, drive
             str(approval.payload["extra_usd"]))
     else:
         assert run.sink == "HANDOVER" and "raise was rejected" in run.reason and chats(models) == []
+
+
+def ask(tenant, text: str) -> Run:
+    """A new conversation on the live version of workflow `wf` (converse would publish a new one)."""
+    conversation = services.conversation_start(tenant=tenant, workflow_slug="wf")
+    return services.message_post(conversation=conversation, text=text, turn_id="t")[0].run
+
+
+def test_the_same_request_again_is_answered_from_the_cache_of_its_tenant_and_workflow(tenant, other_tenant,
+                                                                                       converse, drive, models):
+    models.script(local_llm.json_answer(REFUND), model="primary")
+    _, first = converse(tenant, classify(), text="refund order 42", turn_id="t1")
+    again = ask(tenant, "refund order 42")  # the same workflow version
+    first, again = drive(first), drive(again)
+    assert (first.sink, again.sink) == ("FINISH", "FINISH"), again.reason
+    assert first.state["classify"] == again.state["classify"] == REFUND
+    assert chats(models) == ["primary"]
+    hit = LLMCall.objects.get(run=again)
+    assert (hit.cache, hit.model, hit.saved_cost, hit.cost) == ("exact", "primary", LLMCall.objects.get(run=first).cost, 0)
+
+    secret_set(tenant=other_tenant, name="llm-key", value=LLM_TEST_KEY)
+    endpoint_save(tenant=other_tenant, name="main", base_url=models.base_url, api_key_secret="llm-key", models=[
+        {"model": "primary", "context_window": 8000, "input_price": "1.0", "output_price": "2.0"}])
+    profile_save(tenant=other_tenant, name="fast", entries=[("main", "primary")])
+    models.script(local_llm.json_answer({**REFUND, "confidence": 0.7}), model="primary")
+    _, theirs = converse(other_tenant, classify(), text="refund order 42")
+    assert drive(theirs).state["classify"]["confidence"] == 0.7  # never another tenant's answer
+    assert chats(models) == ["primary", "primary"]
+
+
+def test_a_node_with_a_semantic_cache_answers_a_paraphrase_from_it(tenant, converse, drive, models):
+    spec = classify().replace("fallback: unknown}", "fallback: unknown, cache: semantic}")
+    models.script(local_llm.json_answer(REFUND), model="primary")
+    _, first = converse(tenant, spec, text="How do I get my money back for order 5?", turn_id="t1")
+    paraphrase = ask(tenant, "How can I get my money back for order 5?")
+    unrelated = ask(tenant, "What is the weather like in Lisbon?")
+    drive(first), drive(paraphrase)
+    models.script(local_llm.json_answer({"intent": "other", "confidence": 0.8, "entities": {}}), model="primary")
+    assert drive(unrelated).state["classify"]["intent"] == "other"  # asked the model: no close question cached
+    assert LLMCall.objects.get(run=paraphrase).cache == "semantic"
+    assert chats(models) == ["primary", "primary"]
