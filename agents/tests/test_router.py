@@ -232,18 +232,7 @@ def test_the_demo_answers_through_the_tenants_endpoint_and_falls_back_when_it_is
     assert "connection failed" in LLMCall.objects.get(run=run, outcome="error").error
 
 
-BUDGETED = """
-entry: classify
-nodes:
-  - id: classify
-    agent: intent
-    config: {profile: fast, intents: {refund: money back for an order, other: anything else}, fallback: unknown}
-    limits: {timeout_ms: 20000, max_retries: 0, max_cost: 0.00001}
-    on_budget: approval
-edges:
-  - {from: classify, to: FINISH, when: "classify.intent == 'refund'"}
-  - {from: classify, to: HANDOVER}
-"""
+BUDGETED = classify(max_cost="0.00001").replace("    limits:", "    on_budget: approval\n    limits:")
 
 
 @pytest.mark.parametrize("decision", ["approve", "reject"])
