@@ -19,7 +19,6 @@ A tenant with no model in the profile gets the offline model: the agent's own de
 
 import dataclasses
 import functools
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -67,14 +66,9 @@ class Answer:
 
 def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], str | dict], profile: str = "balanced",
              schema: dict | None = None, max_tokens: int = 512, cache: str = "exact") -> Answer:
-    models = _cached(ctx.tenant_id, ("profile", profile), lambda: list(EndpointModel.objects.filter(
-        endpoint__tenant_id=ctx.tenant_id, endpoint__enabled=True, profile_entries__profile__name=profile,
-        profile_entries__profile__tenant_id=ctx.tenant_id).select_related("endpoint__tenant").order_by(
-        "profile_entries__position")))
+    models, keys, tenant_settings = _configuration(ctx.tenant_id, profile)
     if not models:
         return _offline(ctx, profile, offline)
-    tenant_settings = _cached(ctx.tenant_id, ("settings",),
-                              lambda: AgentSettings.objects.filter(tenant_id=ctx.tenant_id).first())
     limits = [
         budgets.Budget.step(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
                             limit_micros=_micros(ctx.max_cost)),
@@ -98,8 +92,8 @@ def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], st
     while True:
         skipped, refusals, retry_after = [], [], []
         for model in models:
-            if answer := _try(ctx, model, profile, limits, messages, schema, max_tokens, prompt_tokens, store,
-                              skipped, refusals, retry_after):
+            if answer := _try(ctx, model, keys[model.endpoint_id], profile, limits, messages, schema, max_tokens,
+                              prompt_tokens, store, skipped, refusals, retry_after):
                 if cache != "none":
                     llm_cache.store(**cached, answer_text=answer.text, data=answer.data, model=answer.model,
                                     cost=answer.cost)
@@ -139,8 +133,8 @@ def _budget_raise(ctx: StepContext, over_micros: int, refusals: list) -> None:
     ctx.max_cost = (ctx.max_cost or 0) + result["extra_usd"]
 
 
-def _try(ctx, model, profile, limits, messages, schema, max_tokens, prompt_tokens, store, skipped, refusals,
-         retry_after) -> Answer | None:
+def _try(ctx, model, api_key, profile, limits, messages, schema, max_tokens, prompt_tokens, store, skipped,
+         refusals, retry_after) -> Answer | None:
     """One model of the profile, unless it is to be skipped; None: try the next one."""
     name = f"{model.endpoint.name}/{model.model}"
     key = breaker.model_key(tenant_id=ctx.tenant_id, endpoint=model.endpoint_id, model=model.model)
@@ -154,8 +148,9 @@ def _try(ctx, model, profile, limits, messages, schema, max_tokens, prompt_token
     estimate = _cost_micros(model, prompt_tokens, 0, max_tokens)
     reservation = budgets.reserve(limits, estimate)
     if isinstance(reservation, budgets.Refusal):
-        refusal = (f"{name} needs about ${Decimal(estimate) / MICROS:.6f}, ${Decimal(reservation.over_micros) / MICROS:.6f} "
-                   f"more than the {reservation.budget.scope} budget has left")
+        refusal = (f"{name} needs about ${Decimal(estimate) / MICROS:.6f}, "
+                   f"${Decimal(reservation.over_micros) / MICROS:.6f} more than the {reservation.budget.scope} "
+                   "budget has left")
         _record(ctx, model, profile, outcome=LLMCall.Outcome.REFUSED_BUDGET, error=refusal)
         refusals.append((refusal, reservation.budget.scope, reservation.over_micros))
         return None
@@ -164,15 +159,14 @@ def _try(ctx, model, profile, limits, messages, schema, max_tokens, prompt_token
         _record(ctx, model, profile, outcome=LLMCall.Outcome.BREAKER_OPEN, error="circuit breaker open")
         skipped.append(f"{name}: circuit breaker open")
         return None
-    return _attempt(ctx, model, profile, key, reservation, messages, schema, max_tokens, store, skipped, retry_after)
+    return _attempt(ctx, model, api_key, profile, key, reservation, messages, schema, max_tokens, store, skipped,
+                    retry_after)
 
 
-def _attempt(ctx, model, profile, key, reservation, messages, schema, max_tokens, store, skipped,
+def _attempt(ctx, model, api_key, profile, key, reservation, messages, schema, max_tokens, store, skipped,
              retry_after) -> Answer | None:
     """Call one model, asking once more if its answer does not match the schema. None: try the next one."""
     name = f"{model.endpoint.name}/{model.model}"
-    api_key = _cached(model.endpoint.tenant_id, ("secret", model.endpoint.api_key_secret),
-                      lambda: secret_value(tenant=model.endpoint.tenant, name=model.endpoint.api_key_secret))
     client = _client(model.endpoint.base_url, api_key)
     request = {"model": model.model, "messages": list(messages), "max_tokens": max_tokens}
     if schema is not None:
@@ -238,13 +232,20 @@ def _config_key(tenant_id: int) -> str:
     return f"hil:{{t{tenant_id}}}:llm-config"
 
 
-def _cached(tenant_id: int, what: tuple, load: Callable):
+def _configuration(tenant_id: int, profile: str) -> tuple[list[EndpointModel], dict[int, str], AgentSettings | None]:
+    """The profile's models in order, their endpoints' keys and the tenant's settings: one Redis read while
+    nothing changed since this process loaded them."""
     version = redis.client().get(_config_key(tenant_id))
-    found = _config.get((tenant_id, what))
+    found = _config.get((tenant_id, profile))
     if found and found[0] == version and found[1] > time.monotonic():
         return found[2]
-    value = load()
-    _config[(tenant_id, what)] = (version, time.monotonic() + CONFIG_TTL_S, value)
+    models = list(EndpointModel.objects.filter(
+        endpoint__tenant_id=tenant_id, endpoint__enabled=True, profile_entries__profile__name=profile,
+        profile_entries__profile__tenant_id=tenant_id).select_related("endpoint__tenant").order_by(
+        "profile_entries__position"))
+    keys = {m.endpoint_id: secret_value(tenant=m.endpoint.tenant, name=m.endpoint.api_key_secret) for m in models}
+    value = models, keys, AgentSettings.objects.filter(tenant_id=tenant_id).first()
+    _config[(tenant_id, profile)] = (version, time.monotonic() + CONFIG_TTL_S, value)
     return value
 
 
@@ -310,13 +311,9 @@ def _cooling(key: str) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_client(base_url: str, key_hash: str, api_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
-
-
 def _client(base_url: str, api_key: str) -> openai.OpenAI:
     """One client (and connection pool) per endpoint and key, per process."""
-    return _cached_client(base_url, hashlib.sha256(api_key.encode()).hexdigest(), api_key)
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 
 
 def _micros(usd) -> int | None:

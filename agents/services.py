@@ -20,7 +20,7 @@ from core.errors import NotFound, SecretNotFound, SecretUnreadable, ServiceError
 from tools.services import secret_value
 
 from . import router
-from .models import AgentSettings, EndpointModel, LLMCall, ModelEndpoint, ModelProfile, ProfileEntry
+from .models import AgentSettings, EndpointModel, ModelEndpoint, ModelProfile, ProfileEntry
 
 CHECK_TIMEOUT_S = 5
 MODEL_FIELDS = ("model", "context_window", "input_price", "output_price", "cached_input_price", "supports_json_schema")
@@ -366,13 +366,3 @@ def agent_settings_save(*, tenant: Tenant, store_prompts: bool, monthly_budget_u
 def _settings_state(settings: AgentSettings) -> dict:
     budget = settings.monthly_budget_usd
     return {"store_prompts": settings.store_prompts, "monthly_budget_usd": None if budget is None else f"{budget:.2f}"}
-
-
-def llm_call_record(*, tenant: Tenant, model: str, outcome: str, prompt=None, completion: str | None = None,
-                    **fields) -> LLMCall:
-    """Record one model call attempt (`fields`: LLMCall's other fields). Its prompt and completion are kept
-    only if the tenant's settings say so; `error` must already be free of secrets."""
-    if not agent_settings_get(tenant=tenant).store_prompts:
-        prompt = completion = None
-    return LLMCall.objects.create(tenant=tenant, model=model, outcome=outcome, prompt=prompt, completion=completion,
-                                  **fields)
