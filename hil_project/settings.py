@@ -1,13 +1,13 @@
 """Settings come from the environment only (see README for the variables)."""
 
-import base64
-import binascii
 import hashlib
 import os
 from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+
+from core.keys import master_key_from_text
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -24,12 +24,9 @@ if not SECRET_KEY:
 # tenant's AES-256-GCM key is derived. `manage.py hil_secrets rotate` re-encrypts every secret under a new one.
 if os.environ.get("HIL_MASTER_KEY"):
     try:
-        HIL_MASTER_KEY = base64.b64decode(os.environ["HIL_MASTER_KEY"].strip(), validate=True)
-    except binascii.Error:
-        HIL_MASTER_KEY = b""
-    if len(HIL_MASTER_KEY) != 32:
-        raise RuntimeError("HIL_MASTER_KEY must be the base64 of 32 bytes: "
-                           "python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'")
+        HIL_MASTER_KEY = master_key_from_text(os.environ["HIL_MASTER_KEY"])
+    except ValueError as e:
+        raise RuntimeError(f"HIL_MASTER_KEY: {e}") from None
 elif DEBUG:
     # Development and tests only: a key derived from the secret key, so that nothing needs setting. Secrets
     # stored under it cannot be read once HIL_SECRET_KEY changes, and it is no secret without HIL_SECRET_KEY.

@@ -3,8 +3,6 @@ the master key; the tenant's id and the secret's name are the associated data, s
 another tenant or name does not decrypt. A stored ciphertext is its random 96-bit nonce, then AES-GCM's
 output (the encrypted value and its 16-byte tag)."""
 
-import base64
-import binascii
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -18,18 +16,6 @@ NONCE_BYTES = 12
 
 class Undecryptable(Exception):
     """The ciphertext was not made with this key for this tenant and name, or was altered."""
-
-
-def master_key_from_text(text: str) -> bytes:
-    """The 32 bytes of a master key written as base64; the error does not repeat the text."""
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except binascii.Error:
-        key = b""
-    if len(key) != 32:
-        raise ValueError("a master key is the base64 of 32 bytes: "
-                         "python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'")
-    return key
 
 
 @sensitive_variables()

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import SecretUnreadable
-from tools import crypto
+from core.keys import master_key_from_text
 from tools.services import secrets_rotate
 
 
@@ -24,7 +24,7 @@ class Command(BaseCommand):
         if not text:
             raise CommandError("set HIL_NEW_MASTER_KEY to the new master key (the base64 of 32 bytes)")
         try:
-            new_key = crypto.master_key_from_text(text)
+            new_key = master_key_from_text(text)
         except ValueError as e:
             raise CommandError(f"HIL_NEW_MASTER_KEY: {e}") from None
         if new_key == settings.HIL_MASTER_KEY:
