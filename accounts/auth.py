@@ -65,3 +65,12 @@ class OperatorPermission(TenantRolePermission):
     def has_permission(self, request, view):
         return super().has_permission(request, view) and (
             request.method in permissions.SAFE_METHODS or request.auth.role in (Role.ADMIN, Role.OPERATOR))
+
+
+class GovernancePermission(TenantRolePermission):
+    """Only operators and admins, to read as to change: the tenant's secrets and model settings."""
+
+    message = "Only an operator or an admin of this tenant may see or change this."
+
+    def has_permission(self, request, view):
+        return super().has_permission(request, view) and request.auth.role in (Role.ADMIN, Role.OPERATOR)

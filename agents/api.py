@@ -6,8 +6,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.auth import TenantRolePermission
-from accounts.models import Role
+from accounts.auth import GovernancePermission
 from hil_project.api import TenantScopedMixin
 
 from . import services
@@ -22,15 +21,6 @@ from .serializers import (
     ModelProfileCreateSerializer,
     ModelProfileSerializer,
 )
-
-
-class ModelSettingsPermission(TenantRolePermission):
-    """Only operators and admins may see or change the tenant's model endpoints and profiles, and its calls."""
-
-    message = "Only an operator or an admin of this tenant may manage its model endpoints and profiles."
-
-    def has_permission(self, request, view):
-        return super().has_permission(request, view) and request.auth.role in (Role.ADMIN, Role.OPERATOR)
 
 
 NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, pattern=r"^[-a-zA-Z0-9_]{1,100}$",
@@ -55,7 +45,7 @@ def _entries(validated: dict) -> list[tuple[str, str]]:
 class EndpointListApi(generics.ListAPIView):
     """The tenant's OpenAI-compatible model endpoints, with the models each serves and their prices."""
 
-    permission_classes = [ModelSettingsPermission]
+    permission_classes = [GovernancePermission]
     serializer_class = ModelEndpointSerializer
 
     def get_queryset(self):
@@ -76,7 +66,7 @@ class EndpointListApi(generics.ListAPIView):
 
 @extend_schema(parameters=[NAME])
 class EndpointDetailApi(APIView):
-    permission_classes = [ModelSettingsPermission]
+    permission_classes = [GovernancePermission]
 
     @extend_schema(responses={200: ModelEndpointSerializer})
     def get(self, request, name):
@@ -104,7 +94,7 @@ class ProfileListApi(generics.ListAPIView):
     """The tenant's model profiles: the names agents ask for, each an ordered list of models to try.
     A name the tenant has not defined is served by the offline model."""
 
-    permission_classes = [ModelSettingsPermission]
+    permission_classes = [GovernancePermission]
     serializer_class = ModelProfileSerializer
 
     def get_queryset(self):
@@ -124,7 +114,7 @@ class ProfileListApi(generics.ListAPIView):
 
 @extend_schema(parameters=[NAME])
 class ProfileDetailApi(APIView):
-    permission_classes = [ModelSettingsPermission]
+    permission_classes = [GovernancePermission]
 
     @extend_schema(responses={200: ModelProfileSerializer})
     def get(self, request, name):
@@ -150,7 +140,7 @@ class ProfileDetailApi(APIView):
 class LLMCallListApi(TenantScopedMixin, generics.ListAPIView):
     """The tenant's model calls, newest first: each attempt, its tokens, cost, latency and outcome."""
 
-    permission_classes = [ModelSettingsPermission]
+    permission_classes = [GovernancePermission]
     serializer_class = LLMCallSerializer
 
     def get_queryset(self):

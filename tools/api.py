@@ -3,8 +3,7 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.auth import TenantRolePermission
-from accounts.models import Role
+from accounts.auth import GovernancePermission
 from hil_project.api import TenantScopedMixin
 
 from . import services
@@ -12,19 +11,10 @@ from .models import Secret
 from .serializers import SecretNameSerializer, SecretSerializer, SecretValueSerializer
 
 
-class SecretPermission(TenantRolePermission):
-    """Only operators and admins may list, set or delete the tenant's secrets."""
-
-    message = "Only an operator or an admin of this tenant may manage its secrets."
-
-    def has_permission(self, request, view):
-        return super().has_permission(request, view) and request.auth.role in (Role.ADMIN, Role.OPERATOR)
-
-
 class SecretListApi(TenantScopedMixin, generics.ListAPIView):
     """The tenant's secrets: names and the last 4 characters of each value, never the values."""
 
-    permission_classes = [SecretPermission]
+    permission_classes = [GovernancePermission]
     serializer_class = SecretSerializer
 
     def get_queryset(self):
@@ -37,7 +27,7 @@ NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, pattern=r"^[-a-zA-Z0
 
 @extend_schema(parameters=[NAME])
 class SecretDetailApi(APIView):
-    permission_classes = [SecretPermission]
+    permission_classes = [GovernancePermission]
 
     @extend_schema(request=SecretValueSerializer, responses={200: SecretSerializer})
     def put(self, request, name):
