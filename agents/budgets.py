@@ -64,80 +64,105 @@ class Refusal:
     over_micros: int  # by how much it would be exceeded
 
 
-# KEYS: each budget's hash and holds, in pairs. ARGV: id, amount, hold (ms), then each budget's limit
-# (-1: unlimited) and expire_at. Returns {1} when reserved, {0, budget's 1-based index, excess}.
-RESERVE = """
-local id, amount, hold_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+# Lua functions for scripts here and in the router (agents/router.py), which runs a reservation together with
+# the model's circuit breaker in one round trip. `keys`: each budget's hash and holds, in pairs; `args`: id,
+# amount, hold (ms), then each budget's limit (-1: unlimited) and expire_at; `now`: Redis's time in ms.
+FUNCTIONS = """
+-- Nil when the amount fits every budget (giving back first the reservations whose hold ran out: their worker
+-- died, and their fields stay, as 'x'); else what the reservation returns: {1} if it is reserved already (a
+-- retry of a call whose reply was lost), {0, budget's 1-based index, excess} if it does not fit.
+local function budgets_room(keys, args, now)
+  local n = #keys / 2
+  if n > 0 and redis.call('HEXISTS', keys[1], 'r:' .. args[1]) == 1 then return {1} end
+  for i = 1, n do  -- `holds` has exactly the reservations not yet settled, released or given back
+    local hash, holds = keys[2 * i - 1], keys[2 * i]
+    for _, old in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now)) do
+      local held = redis.call('HGET', hash, 'r:' .. old)
+      redis.call('HINCRBY', hash, 'reserved', 0 - held)  -- not -held, which is -0 for 0: no integer to Redis
+      redis.call('HSET', hash, 'r:' .. old, 'x')
+      redis.call('ZREM', holds, old)
+    end
+  end
+  for i = 1, n do
+    local limit = tonumber(args[2 + 2 * i])
+    if limit >= 0 then
+      local counts = redis.call('HMGET', keys[2 * i - 1], 'spent', 'reserved')
+      local over = (tonumber(counts[1]) or 0) + (tonumber(counts[2]) or 0) + tonumber(args[2]) - limit
+      if over > 0 then return {0, i, over} end
+    end
+  end
+end
+
+-- Reserve; call only when budgets_room found room.
+local function budgets_hold(keys, args, now)
+  for i = 1, #keys / 2 do
+    local hash, holds, expire_at = keys[2 * i - 1], keys[2 * i], args[3 + 2 * i]
+    redis.call('HINCRBY', hash, 'reserved', args[2])
+    redis.call('HSET', hash, 'r:' .. args[1], args[2])
+    redis.call('ZADD', holds, now + tonumber(args[3]), args[1])
+    redis.call('EXPIREAT', hash, expire_at)
+    redis.call('EXPIREAT', holds, expire_at)
+  end
+end
+
+-- Settle reservation `id` with its actual cost, once: its field goes, so a second settle or release finds
+-- nothing. One that expired (field 'x') gave its amount back already.
+local function budgets_settle(keys, id, actual)
+  for i = 1, #keys / 2 do
+    local hash, holds = keys[2 * i - 1], keys[2 * i]
+    local held = redis.call('HGET', hash, 'r:' .. id)
+    if held then
+      if held ~= 'x' then redis.call('HINCRBY', hash, 'reserved', 0 - held) end
+      redis.call('HINCRBY', hash, 'spent', actual)
+      redis.call('HDEL', hash, 'r:' .. id)
+      redis.call('ZREM', holds, id)
+    end
+  end
+end
+"""
+NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS / 2
--- A retry of a call whose reply was lost: it is reserved already.
-if n > 0 and redis.call('HEXISTS', KEYS[1], 'r:' .. id) == 1 then return {1} end
--- Give back the reservations whose hold ran out (their worker died), keeping their fields as 'x'.
--- `holds` has exactly the reservations not yet settled, released or given back.
-for i = 1, n do
-  local hash, holds = KEYS[2 * i - 1], KEYS[2 * i]
-  for _, old in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now)) do
-    local held = redis.call('HGET', hash, 'r:' .. old)
-    redis.call('HINCRBY', hash, 'reserved', 0 - held)  -- not -held, which is -0 for 0: no integer to Redis
-    redis.call('HSET', hash, 'r:' .. old, 'x')
-    redis.call('ZREM', holds, old)
-  end
-end
--- Every budget must have room before any is touched.
-for i = 1, n do
-  local limit = tonumber(ARGV[2 + 2 * i])
-  if limit >= 0 then
-    local counts = redis.call('HMGET', KEYS[2 * i - 1], 'spent', 'reserved')
-    local over = (tonumber(counts[1]) or 0) + (tonumber(counts[2]) or 0) + amount - limit
-    if over > 0 then return {0, i, over} end
-  end
-end
-for i = 1, n do
-  local hash, holds, expire_at = KEYS[2 * i - 1], KEYS[2 * i], ARGV[3 + 2 * i]
-  redis.call('HINCRBY', hash, 'reserved', ARGV[2])
-  redis.call('HSET', hash, 'r:' .. id, ARGV[2])
-  redis.call('ZADD', holds, now + hold_ms, id)
-  redis.call('EXPIREAT', hash, expire_at)
-  redis.call('EXPIREAT', holds, expire_at)
-end
+"""
+# Returns {1} when reserved, {0, budget's 1-based index, excess} when not.
+RESERVE = FUNCTIONS + NOW + """
+local refused = budgets_room(KEYS, ARGV, now)
+if refused then return refused end
+budgets_hold(KEYS, ARGV, now)
 return {1}
 """
-
-# KEYS as in RESERVE. ARGV: id, actual cost. A reservation is settled once: its field goes, so a second
-# settle or release finds nothing. One that expired (field 'x') gave its amount back already.
-SETTLE = """
-for i = 1, #KEYS / 2 do
-  local hash, holds = KEYS[2 * i - 1], KEYS[2 * i]
-  local held = redis.call('HGET', hash, 'r:' .. ARGV[1])
-  if held then
-    if held ~= 'x' then redis.call('HINCRBY', hash, 'reserved', 0 - held) end
-    redis.call('HINCRBY', hash, 'spent', ARGV[2])
-    redis.call('HDEL', hash, 'r:' .. ARGV[1])
-    redis.call('ZREM', holds, ARGV[1])
-  end
-end
-"""
+# ARGV: id, actual cost.
+SETTLE = FUNCTIONS + "budgets_settle(KEYS, ARGV[1], ARGV[2])"
 
 
 def reserve(budgets: list[Budget], amount_micros: int, *, hold_s: float = HOLD_S) -> Reservation | Refusal:
     """Reserve `amount_micros` against every budget, or against none if one of them has no room for it
     (`spent + reserved + amount > limit`): the Refusal names the first such budget in the order given.
     Unsettled after `hold_s`, the reservation is given back (its worker is taken to have died)."""
+    reservation, keys, args = reserving(budgets, amount_micros, hold_s=hold_s)
+    return outcome(reservation, script(RESERVE)(keys=keys, args=args))
+
+
+def reserving(budgets: list[Budget], amount_micros: int, *, hold_s: float = HOLD_S) -> tuple[Reservation, list, list]:
+    """A reservation, and the keys and arguments of the script that makes it (RESERVE's)."""
     reservation = Reservation(uuid.uuid4().hex, amount_micros, tuple(budgets))
     args = [reservation.id, amount_micros, int(hold_s * 1000)]
     for budget in budgets:
         args += [-1 if budget.limit_micros is None else budget.limit_micros, budget.expire_at]
-    result = script(RESERVE)(keys=_keys(budgets), args=args)
+    return reservation, keys_of(budgets), args
+
+
+def outcome(reservation: Reservation, result: list) -> Reservation | Refusal:
+    """What RESERVE's `result` means for `reservation`."""
     if result[0] == 1:
         return reservation
-    return Refusal(budgets[result[1] - 1], int(result[2]))
+    return Refusal(reservation.budgets[result[1] - 1], int(result[2]))
 
 
 def settle(reservation: Reservation, actual_micros: int) -> None:
     """Record the call's real cost, which may differ from the reservation's. Only the first settle or
     release of a reservation counts."""
-    script(SETTLE)(keys=_keys(reservation.budgets), args=[reservation.id, actual_micros])
+    script(SETTLE)(keys=keys_of(reservation.budgets), args=[reservation.id, actual_micros])
 
 
 def release(reservation: Reservation) -> None:
@@ -166,7 +191,7 @@ def cost_micros(*, input_tokens: int, cached_input_tokens: int = 0, output_token
     return int(cost.to_integral_value(rounding=ROUND_CEILING))
 
 
-def _keys(budgets) -> list[str]:
+def keys_of(budgets) -> list[str]:
     return [key for budget in budgets for key in (budget.key, f"{budget.key}:holds")]
 
 

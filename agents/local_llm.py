@@ -403,8 +403,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--api-key", help="the key clients must send as 'Authorization: Bearer <key>'")
+    parser.add_argument("--latency-ms", type=float, default=0, help="how long each unscripted answer takes")
     args = parser.parse_args(argv)
     server = LocalLLMServer(api_key=args.api_key, port=args.port)
+    server.default = delayed(args.latency_ms / 1000)
     print(f"local OpenAI-compatible server on {server.base_url}", flush=True)
     try:
         server.serve_forever()

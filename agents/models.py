@@ -163,7 +163,7 @@ class LLMCall(models.Model):
     error = models.TextField(blank=True, help_text="What went wrong; never holds a secret.")
     prompt = models.JSONField(null=True, blank=True, help_text="Kept only when the tenant's settings say so.")
     completion = models.TextField(null=True, blank=True, help_text="Kept only when the tenant's settings say so.")
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(default=timezone.now, help_text="When the call was made.")
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -63,17 +63,26 @@ class StepContext:
     state: dict
     # A transaction that commits only while this worker still holds the run (LeaseLost otherwise).
     holding: Callable = transaction.atomic
-    # emit(type, data): append a run event now, while this worker holds the run (a model call's record).
-    emit: Callable[[str, dict], None] = lambda type_, data: None
     workflow_version_id: int | None = None  # what cached model answers are scoped by
     max_cost: float | None = None  # the node's budget in USD (limits.max_cost), held by the model router
+    run_max_cost: float | None = None  # the run's budget in USD (the spec's limits.max_cost)
     on_budget: str = "HANDOVER"  # over that budget: HANDOVER, or "approval" to ask a human for more
     calls: int = 0  # tool calls so far in this attempt: the n-th call has the same key in every attempt
+    # What the step adds to the run besides its output (a model call's LLMCall row and `llm.call` event, a plan):
+    # the engine commits them with the step's outcome, in the same statement, whatever that outcome is.
+    rows: list = field(default_factory=list)
+    events: list[tuple[str, dict]] = field(default_factory=list)
 
     def call_key(self) -> tuple[int, str]:
         """The next call's number in this node and its idempotency key, stable across attempts."""
         self.calls += 1
         return self.calls, f"{self.run_id}:{self.node_id}:{self.calls}"
+
+    def emit(self, type_: str, data: dict, row=None) -> None:
+        """Append a run event (and the row it is about) to the step's commit."""
+        self.events.append((type_, data))
+        if row is not None:
+            self.rows.append(row)
 
     def remaining(self) -> float | None:
         """Seconds left before the step's deadline: pass it as the timeout of whatever takes time."""

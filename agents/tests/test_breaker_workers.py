@@ -44,7 +44,7 @@ def test_a_breaker_opened_by_one_worker_keeps_another_away_until_a_probe_closes_
     start_worker()  # another process
     first.stop()
     third = turn(3)
-    assert list(LLMCall.objects.filter(run=third).order_by("id").values_list("model", "outcome")) == [
+    assert list(LLMCall.objects.filter(run=third).order_by("created_at").values_list("model", "outcome")) == [
         ("primary", "breaker_open"), ("spare", "ok")]
     assert chats(llm_server) == ["primary", "spare", "primary", "spare", "spare"]
 

@@ -4,13 +4,15 @@ answers against their schema as a tenant's endpoints and profile say."""
 
 import json
 import re
+import uuid
 from decimal import Decimal
 
 import pytest
 
-from agents import breaker, local_llm
+from agents import breaker, local_llm, router
 from agents.models import LLMCall
-from agents.services import agent_settings_save, endpoint_save, profile_save
+from agents.services import agent_settings_save, endpoint_save, profile_delete, profile_save
+from agents.registry import StepContext
 from agents.tests.conftest import LLM_TEST_KEY
 from tools.services import secret_set
 from workflows import services
@@ -137,6 +139,25 @@ def test_a_step_over_its_budget_is_handed_over_before_any_call(tenant, converse,
     assert outcomes(run) == [("primary", "refused_budget"), ("spare", "refused_budget")]
 
 
+def test_a_runs_budget_lets_through_the_calls_it_fits_and_stops_the_next(tenant, converse, drive, models):
+    messages = [{"role": "user", "content": "Where is order 42?"}]
+    estimate_usd = (router.count_tokens(messages) * 1.0 + 20 * 2.0) / 1e6  # at primary's prices per 1M tokens
+    run_id = str(uuid.uuid4())
+
+    def call(node: str):
+        ctx = StepContext(tenant_id=tenant.id, run_id=run_id, node_id=node, attempt=1, config={}, state={},
+                          run_max_cost=estimate_usd)
+        return router.complete(ctx, messages=messages, profile="fast", max_tokens=20, cache="none", offline=str)
+
+    assert call("first").model == "primary"  # reserves all of the run's budget, then spends less
+    with pytest.raises(router.OverBudget, match="more than the run budget has left"):
+        call("second")
+    assert chats(models) == ["primary"]
+
+    _, run = converse(tenant, "limits: {max_cost: 0.0000001}\n" + classify())  # the spec's budget for a run
+    assert drive(run).sink == "HANDOVER" and "run budget" in run.reason and chats(models) == ["primary"]
+
+
 def test_a_tenant_over_its_monthly_budget_is_handed_over(tenant, converse, drive, models):
     agent_settings_save(tenant=tenant, store_prompts=False, monthly_budget_usd=0)
     _, run = converse(tenant, classify())
@@ -162,6 +183,30 @@ def test_with_no_model_in_its_profile_the_agent_answers_offline(tenant, converse
     run = drive(run)
     assert run.state["classify"]["intent"] == "refund" and run.state["classify"]["entities"] == {"order_id": 7}
     assert outcomes(run) == [("hil-offline-1", "ok")] and llm_server.requests == []
+
+
+def test_a_change_to_the_tenants_models_is_used_by_the_next_call_of_a_process_that_read_them(
+        tenant, converse, drive, models):
+    models.script(*[local_llm.json_answer(REFUND)] * 2, model="primary")
+    models.script(local_llm.json_answer(REFUND), model="spare")
+    turn = iter(range(10))
+
+    def models_used() -> list[tuple[str, str]]:
+        n = next(turn)
+        _, run = converse(tenant, classify().replace("unknown}", "unknown, cache: none}"), turn_id=f"t{n}",
+                          slug=f"wf{n}")
+        return outcomes(drive(run))
+
+    assert models_used() == [("primary", "ok")]  # this process now keeps the tenant's models
+    profile_save(tenant=tenant, name="fast", entries=[("backup", "spare")])
+    assert models_used() == [("spare", "ok")]
+    profile_save(tenant=tenant, name="fast", entries=[("main", "primary")])
+    assert models_used() == [("primary", "ok")]
+    profile_delete(tenant=tenant, name="fast")
+    assert models_used() == [("hil-offline-1", "ok")]
+    profile_save(tenant=tenant, name="fast", entries=[("backup", "spare")])
+    models.script(local_llm.json_answer(REFUND), model="spare")
+    assert models_used() == [("spare", "ok")]
 
 
 def test_the_responder_writes_the_reply_through_a_model_and_keeps_its_template_offline(tenant, converse, drive,
