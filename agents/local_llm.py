@@ -11,7 +11,7 @@ them fail or wait; an answer behaviour means "embed as usual").
 Every request received is kept in `server.requests`.
 
 In a test:  `with LocalLLMServer(api_key="sk-test") as server: openai.OpenAI(base_url=server.base_url, ...)`
-As a process:  `python -m agents.local_llm --port 8100 [--api-key KEY]`
+As a process:  `python -m agents.local_llm --port 8100 [--api-key KEY] [--latency-ms MS] [--demo]`
 """
 
 import argparse
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from agents.embeddings import embed
+from agents.llm import OfflineModel
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ def echo() -> Behaviour:
 
 def text(content: str) -> Behaviour:
     return Behaviour("answer", content=content)
+
+
+def demo() -> Behaviour:
+    """An answer made up from the request, for the demo (`--demo`; `make run` with HIL_DEMO_LLM=local): for
+    the intent agent's schema, the offline keyword model's pick among the intents its prompt lists; for a
+    reply's, the facts its prompt gives; for another JSON Schema, its smallest valid instance; else the echo.
+    Not an LLM: it shows the way a model's answer goes (HTTP, budgets, accounting), not what one would say."""
+    return Behaviour("demo")
 
 
 def json_answer(value) -> Behaviour:
@@ -252,6 +261,8 @@ class _Handler(BaseHTTPRequestHandler):
         behaviour = self.llm._next_behaviour(body.get("model"), chat=True)
         if not self._wait_before_answering(behaviour):
             return
+        if behaviour.kind == "demo":
+            behaviour = replace(behaviour, kind="answer", content=_demo_answer(body))
         if behaviour.kind == "echo":
             behaviour = text(f"echo: {_last_user_text(body.get('messages') or [])}")
         model = body.get("model") or ""
@@ -392,6 +403,40 @@ def _last_user_text(messages: list) -> str:
     return _text_of(users[-1].get("content")) if users else ""
 
 
+def _demo_answer(body: dict) -> str:
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    system = "\n".join(_text_of(m.get("content")) for m in messages if m.get("role") == "system")
+    user = _last_user_text(messages)
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        return f"echo: {user}"
+    properties = schema.get("properties") or {}
+    if "intent" in properties:  # agents/prompts/intent.txt lists them as "- name: what it covers"
+        labels = dict(re.findall(r"^- (\S+): (.*)$", system, re.MULTILINE))
+        found = OfflineModel().classify(user, labels, fallback=(properties["intent"].get("enum") or ["unknown"])[-1])
+        return json.dumps({"intent": found.label, "confidence": found.confidence, "entities": found.entities})
+    if "reply" in properties:  # agents/prompts/responder.txt gives the facts as JSON after this line
+        facts = json.loads(system.split("Facts gathered so far (JSON):", 1)[-1].split("\n\nAnswer", 1)[0] or "{}")
+        scalars = {node: {k: v for k, v in output.items() if isinstance(v, (str, int, float)) and v is not True}
+                   for node, output in facts.items() if isinstance(output, dict)}
+        said = "; ".join(f"{node}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in values.items())
+                         for node, values in scalars.items() if values)
+        return json.dumps({"reply": f"(HIL's local demo model) From our records: {said or 'nothing yet'}."[:600]})
+    return json.dumps(_smallest(schema))
+
+
+def _smallest(schema: dict):
+    """A small instance valid against simple schemas: required properties only, enums' first values."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == "object" or "properties" in schema:
+        return {name: _smallest(schema["properties"].get(name, {})) for name in schema.get("required", [])}
+    return {"array": [], "string": "x" * schema.get("minLength", 1), "integer": schema.get("minimum", 0),
+            "number": schema.get("minimum", 0), "boolean": False, "null": None}.get(kind, None)
+
+
 def _usage(messages: list, behaviour: Behaviour) -> dict:
     """Token counts, as words: deterministic, and enough to test accounting with."""
     prompt = sum(len(_text_of(m.get("content")).split()) for m in messages if isinstance(m, dict))
@@ -404,9 +449,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--api-key", help="the key clients must send as 'Authorization: Bearer <key>'")
     parser.add_argument("--latency-ms", type=float, default=0, help="how long each unscripted answer takes")
+    parser.add_argument("--demo", action="store_true", help="answer as `demo()` says, not with the echo")
     args = parser.parse_args(argv)
     server = LocalLLMServer(api_key=args.api_key, port=args.port)
-    server.default = delayed(args.latency_ms / 1000)
+    server.default = delayed(args.latency_ms / 1000, demo() if args.demo else None)
     print(f"local OpenAI-compatible server on {server.base_url}", flush=True)
     try:
         server.serve_forever()

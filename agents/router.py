@@ -122,6 +122,8 @@ def _complete(req: _Request) -> Answer:
                           schema=req.schema,
                           system_prompt="\n".join(str(m["content"]) for m in req.messages if m["role"] == "system")))
         if hit := llm_cache.lookup(**cached):
+            if redis.client().get(_config_key(ctx.tenant_id)) != req.config.version:
+                raise _ConfigChanged  # maybe no model of the profile answers any more: then not its answers either
             _record(ctx, None, req.profile, outcome=LLMCall.Outcome.OK, cache=hit.kind, saved_cost=hit.saved_cost,
                     model_name=hit.model)
             return Answer(text=hit.text, data=hit.data, model=hit.model,

@@ -259,6 +259,14 @@ def _redis_command(port: int, command: bytes) -> bytes | None:
         return None
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -297,6 +305,8 @@ class Child:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return  # started before the others (the demo model, which the seed needs)
         self.process = subprocess.Popen(self.command, cwd=REPO, env=self.env, start_new_session=True,
                                         preexec_fn=_dies_with_us())
 
@@ -446,13 +456,14 @@ DAPHNE = ("import logging; from daphne.cli import CommandLineInterface; "
 def cmd_run(args: list[str]) -> int:
     manage("migrate", "--noinput")
     manage("collectstatic", "--noinput", "--verbosity", "0")
-    manage("hil_seed")
+    models = [_demo_model()] if os.environ.get("HIL_DEMO_LLM") == "local" else []
+    manage("hil_seed")  # points the demo tenant's profiles at the demo model when there is one
     port = os.environ.get("PORT", "8000")
     celery = [sys.executable, "-m", "celery", "-A", "hil_project"]
     # A dev machine often runs everything as root: nothing to act on in Celery's warning about it
     # (it refuses root outright where that matters, with pickle, which HIL does not accept).
     quiet = {**os.environ, "PYTHONWARNINGS": "ignore:You're running the worker with superuser privileges"}
-    children = [
+    children = models + [
         Child("celery worker", celery + ["worker", "-P", "prefork", "-l", "info", "--concurrency", "2"], env=quiet),
         Child("celery beat", celery + ["beat", "-l", "info", "-s", str(DATA / "celerybeat-schedule")]),
         Child("daphne", [sys.executable, "-c", DAPHNE, "-b", "127.0.0.1", "-p", port, "hil_project.asgi:application"]),
@@ -464,6 +475,22 @@ def cmd_run(args: list[str]) -> int:
     print(f"\nHIL: log in at http://127.0.0.1:{port}/admin/ ; API schema at http://127.0.0.1:{port}/api/schema/"
           "\n     Ctrl-C stops everything.\n")
     return supervise(children, servers)
+
+
+def _demo_model() -> Child:
+    """The local OpenAI-compatible server in its demo mode (agents/local_llm.py: keywords, not an LLM), started
+    and answering; its URL and key for the seed in HIL_DEMO_LLM_URL and HIL_DEMO_LLM_KEY."""
+    port, key = _free_port(), f"sk-demo-{os.urandom(12).hex()}"
+    child = Child("demo model", [sys.executable, "-m", "agents.local_llm", "--demo", "--port", str(port),
+                                 "--api-key", key])
+    child.start()
+    deadline = time.monotonic() + 60
+    while not _listening(port):
+        if child.exit_code() is not None or time.monotonic() > deadline:
+            sys.exit("the demo model did not start (python -m agents.local_llm --demo)")
+        time.sleep(0.2)
+    os.environ.update(HIL_DEMO_LLM_URL=f"http://127.0.0.1:{port}/v1", HIL_DEMO_LLM_KEY=key)
+    return child
 
 
 def _start_again(service: str) -> None:

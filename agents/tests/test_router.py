@@ -13,6 +13,7 @@ from agents import breaker, local_llm, router
 from agents.models import LLMCall
 from agents.services import agent_settings_save, endpoint_save, profile_delete, profile_save
 from agents.registry import StepContext
+from accounts.models import Tenant
 from agents.tests.conftest import LLM_TEST_KEY
 from tools.services import secret_set
 from workflows import services
@@ -275,6 +276,41 @@ def test_the_demo_answers_through_the_tenants_endpoint_and_falls_back_when_it_is
     assert reply == "Refunded order 2." and outcomes(run) == [
         ("hil-local-chat", "error"), ("hil-local-chat", "ok"), ("hil-local-chat", "ok")]
     assert "connection failed" in LLMCall.objects.get(run=run, outcome="error").error
+
+
+def test_make_run_with_the_local_demo_model_answers_through_it_and_without_it_offline(drive, monkeypatch):
+    """HIL_DEMO_LLM=local make run: the launcher starts the local server in its demo mode and the seed points
+    the demo tenant's profiles at it; the next `make run` without it answers offline again."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from workflows.models import Message
+
+    def say(text: str) -> tuple[Run, str]:
+        out = StringIO()
+        call_command("hil_seed", stdout=out)
+        conversation = services.conversation_start(tenant=Tenant.objects.get(slug="demo"),
+                                                   workflow_slug="customer_support")
+        run = drive(services.message_post(conversation=conversation, text=text, turn_id="t1")[0].run)
+        return run, out.getvalue(), Message.objects.get(run=run, role="ai").text
+
+    with local_llm.LocalLLMServer(api_key="sk-demo-key") as server:
+        server.default = local_llm.demo()
+        monkeypatch.setenv("HIL_DEMO_LLM_URL", server.base_url)
+        monkeypatch.setenv("HIL_DEMO_LLM_KEY", "sk-demo-key")
+        run, printed, reply = say("Please refund order 1")
+        assert f"call the local demo model at {server.base_url}" in printed
+        assert run.sink == "FINISH" and reply.startswith("(HIL's local demo model) From our records:")
+        assert "refund: amount 1.98, order id 1, refund id rf_" in reply
+        assert list(LLMCall.objects.filter(run=run).values_list("node_id", "model", "outcome")) == [
+            ("respond_refunded", "hil-local-chat", "ok"), ("classify", "hil-local-chat", "ok")]  # newest first
+        assert chats(server) == ["hil-local-chat", "hil-local-chat"]
+
+    monkeypatch.delenv("HIL_DEMO_LLM_URL")
+    run, printed, reply = say("Please refund order 1")
+    assert "Models: none" in printed and run.sink == "FINISH" and reply.startswith("Done: we refunded 1.98")
+    assert set(LLMCall.objects.filter(run=run).values_list("model", flat=True)) == {"hil-offline-1"}
 
 
 BUDGETED = classify(max_cost="0.00001").replace("    limits:", "    on_budget: approval\n    limits:")

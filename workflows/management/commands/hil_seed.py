@@ -7,6 +7,9 @@ from django.db import transaction
 
 from accounts.models import Role, Tenant
 from accounts.services import api_token_create, membership_set, user_ensure
+from agents.models import ModelEndpoint
+from agents.services import MODEL_FIELDS, endpoint_save, profile_save
+from tools.services import secret_set
 from workflows import services
 from workflows.models import Workflow
 
@@ -44,11 +47,36 @@ class Command(BaseCommand):
             version = services.workflow_version_create(workflow=workflow, spec_yaml=spec_yaml, actor=operator)
             services.workflow_version_publish(version=version, actor=operator)
 
+        models = _demo_models(tenant, actor=operator)
+
         # New tokens each time, and the ones printed before keep working: they are stored hashed, so
         # they cannot be printed again, and revoking them would break what a newcomer copied last run.
         self.stdout.write(TRY_IT.format(
             base=base_url, password=PASSWORD, token=api_token_create(tenant=tenant, user=operator, name="demo")[1],
-            alice=api_token_create(tenant=tenant, user=alice, name="demo-alice")[1]))
+            alice=api_token_create(tenant=tenant, user=alice, name="demo-alice")[1]) + models)
+
+
+def _demo_models(tenant: Tenant, *, actor) -> str:
+    """With HIL_DEMO_LLM_URL (`HIL_DEMO_LLM=local make run` starts the local demo model): the endpoint
+    `local-demo` there, and the profiles fast, balanced and powerful on its model. Without it, that endpoint is
+    disabled, if an earlier run made it, so that the demo answers offline. Says which, to be printed."""
+    url = os.environ.get("HIL_DEMO_LLM_URL")
+    endpoint = ModelEndpoint.objects.filter(tenant=tenant, name="local-demo").first()
+    if not url:
+        if endpoint and endpoint.enabled:
+            endpoint_save(tenant=tenant, name=endpoint.name, base_url=endpoint.base_url, enabled=False,
+                          api_key_secret=endpoint.api_key_secret, models=list(endpoint.models.values(*MODEL_FIELDS)),
+                          actor=actor)
+        return ("\nModels: none, so the offline keyword stand-in answers (not an LLM). HIL_DEMO_LLM=local make run "
+                "starts a local demo model; or add your endpoint in the admin (README: To try the demo with a model).\n")
+    secret_set(tenant=tenant, name="local-demo-key", value=os.environ["HIL_DEMO_LLM_KEY"], actor=actor)
+    endpoint_save(tenant=tenant, name="local-demo", base_url=url, api_key_secret="local-demo-key", actor=actor, models=[
+        {"model": "hil-local-chat", "context_window": 16_000, "input_price": "0.15", "output_price": "0.60",
+         "supports_json_schema": True}])
+    for profile in ("fast", "balanced", "powerful"):
+        profile_save(tenant=tenant, name=profile, entries=[("local-demo", "hil-local-chat")], actor=actor)
+    return (f"\nModels: profiles fast, balanced and powerful call the local demo model at {url} over HTTP (keywords "
+            "behind the OpenAI API, not an LLM); each call is in Admin > LLM calls.\n")
 
 
 TRY_IT = """
