@@ -4,6 +4,7 @@ the form is validated, so that the refusal shows in the form."""
 
 from django import forms
 from django.contrib import admin
+from django.db.models import BooleanField, ExpressionWrapper, Q
 from django.forms.models import BaseInlineFormSet
 
 from accounts.admin import TenantScopedAdmin
@@ -11,7 +12,7 @@ from accounts.models import Tenant
 from core.errors import ServiceError
 
 from . import services
-from .models import AgentSettings, EndpointModel, LLMCall, ModelEndpoint, ModelProfile, ProfileEntry
+from .models import AgentSettings, CachedAnswer, EndpointModel, LLMCall, ModelEndpoint, ModelProfile, ProfileEntry
 
 
 class ServiceSavedAdmin(TenantScopedAdmin):
@@ -181,3 +182,35 @@ class LLMCallAdmin(TenantScopedAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # what was spent stays on record
+
+
+@admin.register(CachedAnswer)
+class CachedAnswerAdmin(TenantScopedAdmin):
+    """The router's cached answers (agents/cache.py): to look at, and to delete one that should not be served
+    again (a wrong answer, or one given before a prompt changed)."""
+
+    list_display = ["created_at", "tenant", "model", "short_answer", "cost", "semantic", "expires_at"]
+    list_filter = ["tenant", "model", "created_at"]
+    list_select_related = ["tenant"]
+    date_hierarchy = "created_at"
+    search_fields = ["answer"]
+    readonly_fields = ["tenant", "model", "answer", "data", "cost", "scope", "created_at", "expires_at"]
+    fields = readonly_fields
+
+    @admin.display(description="answer")
+    def short_answer(self, obj: CachedAnswer) -> str:
+        return obj.answer if len(obj.answer) <= 80 else obj.answer[:79] + "…"
+
+    @admin.display(boolean=True, description="semantic")
+    def semantic(self, obj: CachedAnswer) -> bool:
+        return obj.semantic
+
+    def get_queryset(self, request):  # not the 384 floats of each embedding, only whether there is one
+        return super().get_queryset(request).defer("embedding").annotate(
+            semantic=ExpressionWrapper(Q(embedding__isnull=False), output_field=BooleanField()))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -4,17 +4,19 @@ it with its key succeeded, the key is never shown, and no tenant sees or uses an
 import logging
 import re
 import socket
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
+from django.utils import timezone
 
 from accounts.models import AuditEntry, Role
 from accounts.services import membership_set, user_ensure
 from agents import services
 from agents.local_llm import _Handler, hang, wrong_key
-from agents.models import AgentSettings, EndpointModel, LLMCall, ModelEndpoint, ModelProfile
+from agents.models import AgentSettings, CachedAnswer, EndpointModel, LLMCall, ModelEndpoint, ModelProfile
 from agents.services import EndpointCheckFailed
 from core.errors import ServiceError
 from tools.services import secret_set
@@ -537,7 +539,7 @@ def test_the_admin_refuses_a_profile_of_another_tenants_models(root, tenant, oth
     assert not ModelProfile.objects.exists()
 
 
-def test_a_staff_member_sees_only_their_tenants_models_and_calls(tenant, other_tenant, endpoint, llm_server):
+def test_a_staff_member_sees_only_their_tenants_models_calls_and_cached_answers(tenant, other_tenant, endpoint, llm_server):
     secret_set(tenant=other_tenant, name="llm-key", value=LLM_TEST_KEY)
     theirs = save(other_tenant, llm_server.base_url, name="globex-endpoint",
                   models=({**MINI, "model": "hil-local-embed"},))
@@ -564,3 +566,17 @@ def test_a_staff_member_sees_only_their_tenants_models_and_calls(tenant, other_t
     assert list(client.get("/admin/agents/llmcall/?outcome__exact=rate_limited").context["cl"].result_list) == []
     assert client.get("/admin/agents/llmcall/add/").status_code == 403
     assert LLMCall.objects.count() == 2
+
+    answers = {t: CachedAnswer.objects.create(
+        tenant=t, scope="s", request_hash=f"r{t.pk}", context_hash="c", answer=f"{t.slug}'s answer", model="m",
+        cost="0.0001", expires_at=timezone.now() + timedelta(hours=1)) for t in (tenant, other_tenant)}
+    page = client.get("/admin/agents/cachedanswer/")
+    assert [a.answer for a in page.context["cl"].result_list] == [f"{tenant.slug}'s answer"]
+    assert f"{other_tenant.slug}'s answer" not in page.content.decode()
+    assert client.get("/admin/agents/cachedanswer/add/").status_code == 403
+    assert f"{tenant.slug}&#x27;s answer" in client.get(
+        f"/admin/agents/cachedanswer/{answers[tenant].pk}/change/").content.decode()
+    assert client.post(f"/admin/agents/cachedanswer/{answers[other_tenant].pk}/delete/", {"post": "yes"}).status_code == 302
+    assert CachedAnswer.objects.filter(pk=answers[other_tenant].pk).exists()  # not theirs: as for a wrong id
+    client.post(f"/admin/agents/cachedanswer/{answers[tenant].pk}/delete/", {"post": "yes"})
+    assert list(CachedAnswer.objects.values_list("tenant", flat=True)) == [other_tenant.pk]
