@@ -6,11 +6,11 @@ context window (tokens counted with tiktoken's cl100k_base, bundled by `tiktoken
 circuit breaker is open (agents/breaker.py) or while it asked us to wait (a 429's Retry-After); reserves
 the estimated cost (prompt tokens and `max_tokens` at the model's prices) against the node's
 `limits.max_cost`, the run's (the spec's `limits.max_cost`) and the tenant's monthly budget (agents/budgets.py)
-before calling, with its breaker check, in one Redis round trip; calls it with the `openai` client, whose own retries are off, for at most
-HIL_LLM_CALL_TIMEOUT_S within the step's deadline; settles the real cost or releases the reservation; and
-falls back to the next model on a timeout, a 429, a 401, a 5xx or a connection that fails. No model fitting
-the budget hands over, or asks a human for more (`on_budget: approval`). An answer that a JSON Schema
-rejects is asked for again once, with the error. Every attempt is an `LLMCall` row and an `llm.call` run
+before calling, with its breaker check, in one Redis round trip; calls it with the `openai` client, whose
+own retries are off, for at most HIL_LLM_CALL_TIMEOUT_S within the step's deadline; settles the real cost or
+releases the reservation, and tells the breaker, in another; and falls back to the next model on a timeout,
+a 429, a 401, a 5xx or a connection that fails. No model fitting the budget hands over, or asks a human for
+more (`on_budget: approval`). An answer that a JSON Schema rejects is asked for again once, with the error. Every attempt is an `LLMCall` row and an `llm.call` run
 event, committed with the step's outcome; prompts are kept only if the tenant says so.
 
 A tenant with no model in the profile gets the offline model: the agent's own deterministic stand-in
@@ -102,15 +102,15 @@ class _Request:
     def reserve_against(self) -> list[budgets.Budget]:
         """What a call reserves against: the step's and the run's budgets if they have one, and the tenant's
         month, always (its spending is counted, so that a budget set mid-month knows what was spent)."""
-        ctx, tenant_settings = self.ctx, self.config.settings
-        month = budgets.Budget.month(tenant_id=ctx.tenant_id, limit_micros=_micros(
-            tenant_settings.monthly_budget_usd if tenant_settings else None))
-        return [*([budgets.Budget.step(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id,
-                                       attempt=ctx.attempt, limit_micros=_micros(ctx.max_cost))]
-                  if ctx.max_cost is not None else []),
-                *([budgets.Budget.run(tenant_id=ctx.tenant_id, run_id=ctx.run_id,
-                                      limit_micros=_micros(ctx.run_max_cost))] if ctx.run_max_cost is not None else []),
-                month]
+        ctx, tenant_settings, limits = self.ctx, self.config.settings, []
+        if ctx.max_cost is not None:
+            limits.append(budgets.Budget.step(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id,
+                                              attempt=ctx.attempt, limit_micros=_micros(ctx.max_cost)))
+        if ctx.run_max_cost is not None:
+            limits.append(budgets.Budget.run(tenant_id=ctx.tenant_id, run_id=ctx.run_id,
+                                             limit_micros=_micros(ctx.run_max_cost)))
+        return [*limits, budgets.Budget.month(tenant_id=ctx.tenant_id, limit_micros=_micros(
+            tenant_settings.monthly_budget_usd if tenant_settings else None))]
 
 
 def _complete(req: _Request) -> Answer:

@@ -25,7 +25,8 @@ def main(base_url: str, key: str, callers: int, calls: int, spread_s: float) -> 
         return lambda: litellm.completion(model="openai/hil-local-chat", api_base=base_url, api_key=key,
                                           messages=MESSAGES, max_tokens=50, num_retries=0)
 
-    print(json.dumps({"direct": timed(direct, callers, calls, spread_s), "litellm": timed(lite, callers, calls, spread_s)}))
+    print(json.dumps({"direct": timed(direct, callers, calls, spread_s),
+                      "litellm": timed(lite, callers, calls, spread_s)}))
 
 
 if __name__ == "__main__":

@@ -89,8 +89,8 @@ def commit_cost(tenant: Tenant, run_id: str, n: int = 300) -> tuple[float, float
     step_event = ("step.succeeded", {"node": "answer", "output": {"reply": "Order 42 ships today."}})
     with_call, without = [], []
     for i in range(2 * n):
-        rows, events = ((), [step_event]) if i % 2 else (
-            (LLMCall(tenant=tenant, run=run, model="hil-local-chat", outcome="ok"),), [("llm.call", LLM_EVENT), step_event])
+        call = LLMCall(tenant=tenant, run=run, model="hil-local-chat", outcome="ok")
+        rows, events = ((), [step_event]) if i % 2 else ((call,), [("llm.call", LLM_EVENT), step_event])
         t0 = time.perf_counter()
         run_commit(run, where=("TRUE", []), fields={}, events=events, rows=rows)
         (without if i % 2 else with_call).append((time.perf_counter() - t0) * 1000)

@@ -67,8 +67,9 @@ def _demo_models(tenant: Tenant, *, actor) -> str:
             endpoint_save(tenant=tenant, name=endpoint.name, base_url=endpoint.base_url, enabled=False,
                           api_key_secret=endpoint.api_key_secret, models=list(endpoint.models.values(*MODEL_FIELDS)),
                           actor=actor)
-        return ("\nModels: none, so the offline keyword stand-in answers (not an LLM). HIL_DEMO_LLM=local make run "
-                "starts a local demo model; or add your endpoint in the admin (README: To try the demo with a model).\n")
+        return ("\nModels: none, so the offline keyword stand-in answers (not an LLM). HIL_DEMO_LLM=local make "
+                "run starts a local demo model; or add your endpoint in the admin (README: To try the demo with a "
+                "model).\n")
     secret_set(tenant=tenant, name="local-demo-key", value=os.environ["HIL_DEMO_LLM_KEY"], actor=actor)
     endpoint_save(tenant=tenant, name="local-demo", base_url=url, api_key_secret="local-demo-key", actor=actor, models=[
         {"model": "hil-local-chat", "context_window": 16_000, "input_price": "0.15", "output_price": "0.60",
