@@ -487,6 +487,7 @@ class _Watch(threading.Thread):
                     lease_expires_at=Now() + timedelta(seconds=settings.HIL_LEASE_S))
             except DatabaseError as e:
                 log.warning("lease of run %s not extended: %s", run_id, e)
+            finally:  # this thread's own connection: not held open between the rare long steps
                 connection.close()
 
 
