@@ -64,9 +64,13 @@ class EndpointModel(models.Model):
         return f"{self.endpoint.name}: {self.model}"
 
 
+# Profile names every tenant has: one it has not defined (or with no enabled model) gets the offline model
+# (agents/llm.py), as with no endpoint at all. A node may name another profile only once the tenant has it.
+STANDARD_PROFILES = ("fast", "balanced", "powerful")
+
+
 class ModelProfile(models.Model):
-    """A name agents ask for ("fast", "balanced"): the tenant's models to try, in order. A profile name
-    the tenant has not defined falls back to the offline model (agents/llm.py), as with no endpoint at all."""
+    """A name agents ask for ("fast", "balanced"): the tenant's models to try, in order."""
 
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
     name = models.SlugField(max_length=100, db_index=False,

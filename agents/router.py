@@ -13,8 +13,9 @@ a 429, a 401, a 5xx or a connection that fails. No model fitting the budget hand
 more (`on_budget: approval`). An answer that a JSON Schema rejects is asked for again once, with the error. Every attempt is an `LLMCall` row and an `llm.call` run
 event, committed with the step's outcome; prompts are kept only if the tenant says so.
 
-A tenant with no model in the profile gets the offline model: the agent's own deterministic stand-in
-(`offline`), recorded as a call to `hil-offline-1` that costs nothing. It is not an LLM.
+A tenant with no model in the profile (a standard one, or its own with every endpoint disabled) gets the
+offline model: the agent's own deterministic stand-in (`offline`), recorded as a call to `hil-offline-1` that
+costs nothing. It is not an LLM. A profile that is neither fails the step.
 """
 
 import functools
@@ -36,7 +37,7 @@ from tools.services import secret_value, tool_call_once
 from . import breaker, budgets
 from . import cache as llm_cache
 from .llm import OfflineModel
-from .models import AgentSettings, EndpointModel, LLMCall
+from .models import STANDARD_PROFILES, AgentSettings, EndpointModel, LLMCall, ModelProfile
 from .registry import StepContext, StepFailure
 
 MICROS = Decimal(1_000_000)
@@ -68,6 +69,8 @@ def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], st
     while True:
         config = _configuration(ctx.tenant_id, profile)
         if not config.models:
+            if not config.known:  # deleted since the workflow was published
+                raise StepFailure(f"the tenant has no model profile '{profile}'")
             return _offline(ctx, profile, offline)
         try:
             return _complete(_Request(ctx, config, profile, messages, schema, max_tokens, cache))
@@ -307,6 +310,7 @@ class _Config:
     models: list[EndpointModel]  # the profile's, in order
     keys: dict[int, str]  # endpoint id -> API key
     settings: AgentSettings | None
+    known: bool  # a standard profile, or one of the tenant's
 
 
 def config_changed(tenant_id: int) -> None:
@@ -330,8 +334,10 @@ def _configuration(tenant_id: int, profile: str) -> _Config:
         profile_entries__profile__tenant_id=tenant_id).select_related("endpoint__tenant").order_by(
         "profile_entries__position"))
     keys = {m.endpoint_id: secret_value(tenant=m.endpoint.tenant, name=m.endpoint.api_key_secret) for m in models}
+    known = bool(models) or profile in STANDARD_PROFILES or ModelProfile.objects.filter(
+        tenant_id=tenant_id, name=profile).exists()
     config = _Config(version, time.monotonic() + CONFIG_TTL_S, models, keys,
-                     AgentSettings.objects.filter(tenant_id=tenant_id).first())
+                     AgentSettings.objects.filter(tenant_id=tenant_id).first(), known)
     _config[(tenant_id, profile)] = config
     return config
 

@@ -3,6 +3,7 @@ from django.utils import timezone
 
 from accounts.models import Tenant
 from accounts.services import audit_record
+from agents.models import STANDARD_PROFILES, ModelProfile
 from core.errors import Conflict, ServiceError
 
 from . import engine, humans
@@ -20,7 +21,8 @@ def workflow_create(*, tenant: Tenant, slug: str, name: str = "") -> Workflow:
 def workflow_version_create(*, workflow: Workflow, spec_yaml: str, actor=None) -> WorkflowVersion:
     """A new numbered version; invalid specs are kept as drafts with their errors listed."""
     try:
-        spec, errors = workflow_spec.load(spec_yaml), []
+        spec = workflow_spec.load(spec_yaml)
+        errors = _unknown_profiles(workflow.tenant_id, spec)
     except workflow_spec.SpecError as e:
         spec, errors = None, e.errors
     Workflow.objects.select_for_update(no_key=True).get(pk=workflow.pk)  # number versions one at a time
@@ -31,11 +33,22 @@ def workflow_version_create(*, workflow: Workflow, spec_yaml: str, actor=None) -
     )
 
 
+def _unknown_profiles(tenant_id: int, spec: dict) -> list[str]:
+    """The nodes' model profiles (`config.profile`) that are neither standard nor the tenant's."""
+    named = {node["id"]: node["config"]["profile"] for node in spec["nodes"]
+             if isinstance(node.get("config", {}).get("profile"), str)}
+    known = {*STANDARD_PROFILES, *ModelProfile.objects.filter(tenant_id=tenant_id, name__in=named.values())
+             .values_list("name", flat=True)}
+    return [f"node '{node}': no model profile '{name}' (the standard ones are {', '.join(STANDARD_PROFILES)}; "
+            "add it in Model profiles first)" for node, name in named.items() if name not in known]
+
+
 @transaction.atomic
 def workflow_version_publish(*, version: WorkflowVersion, actor=None) -> WorkflowVersion:
     """Make `version` live. Runs in flight keep the version they started on."""
-    if not version.is_valid():
-        raise ServiceError(f"{version} has errors and cannot be published: " + "; ".join(version.errors))
+    errors = version.errors or _unknown_profiles(version.tenant_id, version.spec)  # one may be gone since
+    if errors:
+        raise ServiceError(f"{version} has errors and cannot be published: " + "; ".join(errors))
     workflow = Workflow.objects.select_for_update(no_key=True).get(pk=version.workflow_id)
     old = workflow.live_version_id
     workflow.live_version = version

@@ -15,6 +15,7 @@ from agents.services import agent_settings_save, endpoint_save, profile_delete, 
 from agents.registry import StepContext
 from accounts.models import Tenant
 from agents.tests.conftest import LLM_TEST_KEY
+from core.errors import ServiceError
 from tools.services import secret_set
 from workflows import services
 from workflows.models import Run, RunEvent
@@ -177,6 +178,32 @@ def test_an_answer_its_schema_rejects_is_asked_for_again_once(tenant, converse, 
     assert drive(second).sink == "FINISH" and outcomes(second) == [("primary", "ok")]
     retried = [r for r in models.requests if r.path == "/v1/chat/completions"][1]
     assert "not valid" in retried.body["messages"][-1]["content"]
+
+
+def test_a_profile_the_tenant_lacks_keeps_a_spec_from_going_live_and_fails_the_step_once_deleted(tenant, drive,
+                                                                                                  models):
+    workflow = services.workflow_create(tenant=tenant, slug="turbo")
+    spec = classify().replace("profile: fast", "profile: turbo")
+    draft = services.workflow_version_create(workflow=workflow, spec_yaml=spec)
+    assert draft.errors == ["node 'classify': no model profile 'turbo' (the standard ones are fast, balanced, "
+                            "powerful; add it in Model profiles first)"]
+    with pytest.raises(ServiceError, match="no model profile 'turbo'"):
+        services.workflow_version_publish(version=draft)
+
+    profile_save(tenant=tenant, name="turbo", entries=[("main", "primary")])
+    version = services.workflow_version_create(workflow=workflow, spec_yaml=spec)
+    assert version.errors == []
+    profile_delete(tenant=tenant, name="turbo")
+    with pytest.raises(ServiceError, match="no model profile 'turbo'"):  # gone before it went live
+        services.workflow_version_publish(version=version)
+    profile_save(tenant=tenant, name="turbo", entries=[("main", "primary")])
+    services.workflow_version_publish(version=version)
+
+    profile_delete(tenant=tenant, name="turbo")  # gone while live: not the offline stand-in, a failed step
+    conversation = services.conversation_start(tenant=tenant, workflow_slug="turbo")
+    run = drive(services.message_post(conversation=conversation, text="refund", turn_id="t1")[0].run)
+    assert run.sink == "HANDOVER" and "the tenant has no model profile 'turbo'" in run.reason
+    assert chats(models) == []
 
 
 def test_with_no_model_in_its_profile_the_agent_answers_offline(tenant, converse, drive, llm_server):
