@@ -1,11 +1,12 @@
-"""This process's Redis client for HIL's own keys (model budgets, breakers, Retry-After marks)."""
+"""This process's Redis client for HIL's own keys and messages (model budgets, breakers, Retry-After marks,
+run doorbells, the worker heartbeat). Celery and Channels keep their own connections."""
 
 import functools
 
 import redis
 from django.conf import settings
 
-TIMEOUT_S = 2  # a hung Redis fails the model call instead of holding its worker
+TIMEOUT_S = 2  # a hung Redis fails the command instead of holding its worker
 
 
 @functools.cache

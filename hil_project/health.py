@@ -7,7 +7,6 @@ Celery's task_prerun), and beat's sweep sends one every HIL_SWEEP_INTERVAL_S, so
 worker keeps it fresh. Asking workers over the broker (Celery's ping) would take seconds per probe."""
 
 import asyncio
-import functools
 import logging
 import time
 
@@ -18,6 +17,8 @@ from celery.signals import task_prerun
 from django.conf import settings
 from django.db import connection, transaction
 from django.http import JsonResponse
+
+from core import redis as core_redis
 
 from .middleware import RETRY_AFTER_S
 
@@ -30,11 +31,6 @@ def _worker_key() -> str:
     from hil_project.celery import app  # the queue this process sends to (tests set their own)
 
     return f"hil:worker-seen:{app.conf.task_default_queue}"  # instances sharing a Redis do not collide
-
-
-@functools.cache
-def _worker_redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
 
 
 _seen_at = 0.0  # when this process last recorded itself (monotonic)
@@ -52,7 +48,7 @@ def worker_seen(**kwargs) -> None:
 
 def worker_record() -> None:
     try:
-        _worker_redis().set(_worker_key(), time.time(), ex=WORKER_KEY_TTL_S)
+        core_redis.client().set(_worker_key(), time.time(), ex=WORKER_KEY_TTL_S)
     except (redis.RedisError, OSError) as e:  # the task itself finds out about Redis; the probe will too
         log.warning("worker heartbeat not recorded: %s", e)
 

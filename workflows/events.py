@@ -5,14 +5,14 @@ Clients that miss a doorbell lose nothing: they read `?after=<seq>` from the dat
 import logging
 
 import redis
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+
+from core import redis as core_redis
 
 from .models import Run, RunEvent
 
 log = logging.getLogger(__name__)
-_client: redis.Redis | None = None
 
 
 def doorbell_channel(tenant_id: int, run_id) -> str:
@@ -85,11 +85,8 @@ def run_commit(run: Run, *, lease: str | None = None, where: tuple[str, list] | 
 
 
 def doorbell_ring(tenant_id: int, run_id, seq: int) -> None:
-    global _client
     try:
-        if _client is None:
-            _client = redis.Redis.from_url(settings.REDIS_URL)
-        _client.publish(doorbell_channel(tenant_id, run_id), seq)
+        core_redis.client().publish(doorbell_channel(tenant_id, run_id), seq)
     except redis.RedisError as e:  # listeners catch up from the database
         log.warning("doorbell for run %s not rung: %s", run_id, e)
 
