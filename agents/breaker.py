@@ -14,13 +14,13 @@ import uuid
 
 from django.conf import settings
 
-from core.redis import script
+from core.redis import LUA_NOW, script
 
 PROBE_S = 60  # longer than most model calls: only then is a lost probe replaced
 FORGET_S = 86_400  # an open breaker nobody asks about for this long after its cooldown is forgotten
 
 # Lua functions for the scripts here and in the router (agents/router.py), which runs the breaker together with
-# the call's budget reservation in one round trip. `k`: the model's keys (`_keys`), `now`: Redis's time in ms.
+# the call's budget reservation in one round trip. `k`: the model's keys (`keys_of`), `now`: Redis's time in ms.
 FUNCTIONS = """
 -- 1 when a call may go: the breaker is closed, or half-open and this caller gets the probe.
 local function breaker_allow(k, probe_ms, now)
@@ -60,12 +60,10 @@ local function breaker_success(k, now)
   if open_until and now >= open_until then redis.call('DEL', k.fails, k.open, k.probe) end
 end
 """
-NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+NOW = LUA_NOW + """
 local k = {fails = KEYS[1], open = KEYS[2], probe = KEYS[3]}
 """
-# KEYS: the model's (`_keys`) for all of them.
+# KEYS: the model's (`keys_of`) for all of them.
 ALLOW = FUNCTIONS + NOW + "return breaker_allow(k, ARGV[1], now)"  # ARGV: probe ms
 FAILURE = FUNCTIONS + NOW + "breaker_failure(k, ARGV, now)"  # ARGV: as breaker_failure's args
 SUCCESS = FUNCTIONS + NOW + "breaker_success(k, now)"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, Decimal
 
-from core.redis import client, script
+from core.redis import LUA_NOW, client, script
 
 HOLD_S = 15 * 60  # how long a reservation holds without being settled: longer than any model call
 RUN_KEYS_S = 30 * 86_400  # a run's and a step's counters live this long after their last reservation
@@ -120,12 +120,8 @@ local function budgets_settle(keys, id, actual)
   end
 end
 """
-NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
 # Returns {1} when reserved, {0, budget's 1-based index, excess} when not.
-RESERVE = FUNCTIONS + NOW + """
+RESERVE = FUNCTIONS + LUA_NOW + """
 local refused = budgets_room(KEYS, ARGV, now)
 if refused then return refused end
 budgets_hold(KEYS, ARGV, now)

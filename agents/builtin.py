@@ -76,12 +76,12 @@ def responder(ctx: StepContext) -> AgentResult:
     template = PLACEHOLDER.sub(fill, ctx.config.get("template", ""))
     if "profile" not in ctx.config:
         return AgentResult({"reply": template, "model": "template"})
-    if not template:
-        def offline():
-            raise StepFailure("no model answers profile '{}' and the node has no template".format(ctx.config["profile"]))
-    else:
-        def offline():
-            return {"reply": template}
+
+    def offline() -> dict:
+        if not template:
+            raise StepFailure(f"no model answers profile '{ctx.config['profile']}' and the node has no template")
+        return {"reply": template}
+
     facts = {key: value for key, value in ctx.state.items() if key != "input"}
     answer = router.complete(
         ctx, cache=ctx.config.get("cache", "exact"), profile=ctx.config["profile"],

@@ -31,7 +31,7 @@ import tiktoken
 from django.conf import settings
 
 from core import redis
-from core.redis import script
+from core.redis import LUA_NOW, script
 from tools.services import secret_value, tool_call_once
 
 from . import breaker, budgets
@@ -231,7 +231,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
             wait_s = _retry_after_s(e) if isinstance(e, openai.RateLimitError) else 0
             if wait_s:
                 req.retry_after.append(wait_s)
-            _after(ctx.tenant_id, key, reservation, spent, failed=True, wait_s=wait_s)
+            _after(key, reservation, spent, failed=True, wait_s=wait_s)
             _record(ctx, model, req.profile, outcome=outcome, error=error, attempt_started=started)
             req.skipped.append(f"{name}: {error}")
             return None
@@ -246,7 +246,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
                       cost=Decimal(cost) / MICROS, attempt_started=started,
                       prompt=request["messages"] if req.store else None, completion=text if req.store else None)
         if invalid is None:
-            _after(ctx.tenant_id, key, reservation, spent)
+            _after(key, reservation, spent)
             _record(ctx, model, req.profile, outcome=LLMCall.Outcome.OK, **record)
             return Answer(text=text, data=data, model=model.model, cost=Decimal(spent) / MICROS,
                           tool_calls=[c.model_dump() for c in message.tool_calls or []],
@@ -256,7 +256,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
         request["messages"] = [*request["messages"], {"role": "assistant", "content": text},
                                {"role": "user", "content": f"That answer is not valid: {invalid}. Answer again, "
                                                            "with only the JSON object."}]
-    _after(ctx.tenant_id, key, reservation, spent)
+    _after(key, reservation, spent)
     raise StepFailure(f"{name} answered twice with output its schema rejects: {invalid}")
 
 
@@ -266,7 +266,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
 # version this process read ('' for none), the probe's hold (ms), then the reservation's. Returns {1} reserved;
 # {0, budget, excess} over budget (the breaker untouched: a refused call must not take the probe); {2, ms} asked
 # to wait; {3} breaker open; {4} configuration changed (nothing touched).
-BEFORE = budgets.FUNCTIONS + breaker.FUNCTIONS + budgets.NOW + """
+BEFORE = budgets.FUNCTIONS + breaker.FUNCTIONS + LUA_NOW + """
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return {4} end
 local wait = redis.call('PTTL', KEYS[2])
 if wait > 0 then return {2, wait} end
@@ -278,20 +278,19 @@ budgets_hold(budget_keys, args, now)
 return {1}
 """
 # After it: the reservation settled, the breaker told, and after a 429 the model's Retry-After mark set. KEYS as
-# BEFORE's. ARGV: the reservation's id, the actual cost, the mark's length (ms, 0: none), then "ok" or the
-# failure's arguments (breaker.failure_args).
-AFTER = budgets.FUNCTIONS + breaker.FUNCTIONS + budgets.NOW + """
-local k, budget_keys = {fails = KEYS[3], open = KEYS[4], probe = KEYS[5]}, {unpack(KEYS, 6)}
+# BEFORE's but the first: the mark, the breaker's keys, the budgets'. ARGV: the reservation's id, the actual
+# cost, the mark's length (ms, 0: none), then "ok" or the failure's arguments (breaker.failure_args).
+AFTER = budgets.FUNCTIONS + breaker.FUNCTIONS + LUA_NOW + """
+local k, budget_keys = {fails = KEYS[2], open = KEYS[3], probe = KEYS[4]}, {unpack(KEYS, 5)}
 budgets_settle(budget_keys, ARGV[1], ARGV[2])
-if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[2], 1, 'PX', ARGV[3]) end
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[1], 1, 'PX', ARGV[3]) end
 if ARGV[4] == 'ok' then breaker_success(k, now) else breaker_failure(k, {unpack(ARGV, 4)}, now) end
 """
 
 
-def _after(tenant_id: int, key: str, reservation: budgets.Reservation, spent_micros: int, *, failed: bool = False,
+def _after(key: str, reservation: budgets.Reservation, spent_micros: int, *, failed: bool = False,
            wait_s: float = 0) -> None:
-    script(AFTER)(keys=[_config_key(tenant_id), f"{key}:retry-after", *breaker.keys_of(key),
-                        *budgets.keys_of(reservation.budgets)],
+    script(AFTER)(keys=[f"{key}:retry-after", *breaker.keys_of(key), *budgets.keys_of(reservation.budgets)],
                   args=[reservation.id, spent_micros, int(wait_s * 1000),
                         *(breaker.failure_args() if failed else ["ok"])])
 

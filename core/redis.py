@@ -8,6 +8,12 @@ from django.conf import settings
 
 TIMEOUT_S = 2  # a hung Redis fails the command instead of holding its worker
 
+# The start of a Lua script that needs the time: Redis's clock in ms, so that workers with skewed clocks agree.
+LUA_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
 
 @functools.cache
 def client() -> redis.Redis:

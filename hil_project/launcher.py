@@ -306,7 +306,7 @@ class Child:
 
     def start(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            return  # started before the others (the demo model, which the seed needs)
+            return  # running already (the demo model starts before the seed, which needs it)
         self.process = subprocess.Popen(self.command, cwd=REPO, env=self.env, start_new_session=True,
                                         preexec_fn=_dies_with_us())
 
