@@ -24,6 +24,19 @@ os.environ["HIL_QUEUE"] = celery_app.conf.task_default_queue = f"hil-test-{uuid.
 
 
 
+def verified_login(client, user):
+    """Sign `user` in on a Django test client past the second factor, as the console's sign-in does."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+
+    from accounts.services import totp_demo_device
+
+    client.force_login(user)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = totp_demo_device(user=user).persistent_id
+    session.save()
+    return client
+
+
 @pytest.fixture
 def tenant(db):
     return Tenant.objects.create(slug="acme", name="Acme")

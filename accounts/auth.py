@@ -3,9 +3,13 @@
 from datetime import timedelta
 
 from django.utils import timezone
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.models import Device
 from rest_framework import authentication, exceptions, permissions
 
-from .models import ApiToken, Role
+from .models import ApiToken, Membership, Role
+
+TENANT_SESSION_KEY = "hil_tenant"
 
 
 def token_from_header(value: str | None) -> str | None:
@@ -45,6 +49,37 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         return 'Bearer realm="api"'
 
 
+def session_member(user, session) -> Membership | None:
+    """The membership a console session works in: a signed-in user past the second factor, in the tenant
+    the session chose (their first otherwise). None if they are not (or no longer) a member, or not verified.
+    Reads the device from the session itself, so that WebSockets (which django-otp's middleware does not
+    see) are checked as pages are."""
+    if not user.is_authenticated or not user.is_active or not _verified_device(user, session):
+        return None
+    memberships = Membership.objects.select_related("tenant").filter(user=user).order_by("tenant__slug")
+    chosen = session.get(TENANT_SESSION_KEY)
+    return (chosen and memberships.filter(tenant_id=chosen).first()) or memberships.first()
+
+
+def _verified_device(user, session) -> bool:
+    device = Device.from_persistent_id(session.get(DEVICE_ID_SESSION_KEY) or "")
+    return device is not None and device.user_id == user.pk and device.confirmed
+
+
+class SessionMemberAuthentication(authentication.SessionAuthentication):
+    """The console's calls to the API: a session past the second factor, acting in its tenant with its
+    role, as a token would. CSRF-checked, as every session request."""
+
+    def authenticate(self, request):
+        found = super().authenticate(request)
+        if found is None:
+            return None
+        member = session_member(found[0], request._request.session)
+        if member is None:
+            raise exceptions.PermissionDenied("Sign in to the console with your second factor first.")
+        return found[0], member
+
+
 class TenantRolePermission(permissions.BasePermission):
     """Every member may read; viewers may not change anything."""
 
@@ -52,7 +87,7 @@ class TenantRolePermission(permissions.BasePermission):
 
     def has_permission(self, request, view):
         token = request.auth
-        if not isinstance(token, ApiToken):
+        if not isinstance(token, ApiToken | Membership):
             return False
         return request.method in permissions.SAFE_METHODS or token.role != Role.VIEWER
 

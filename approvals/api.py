@@ -9,11 +9,14 @@ from workflows.models import Conversation
 from workflows.serializers import MessageSerializer
 
 from . import services
-from .models import ApprovalRequest, HandoverTicket
+from .models import ApprovalRequest, CannedReply, HandoverTicket
 from .serializers import (
     ApprovalSerializer,
+    CannedReplySerializer,
+    ClaimSerializer,
     DecisionSerializer,
     HandoverTicketSerializer,
+    NoteSerializer,
     ReplySerializer,
     StatusQuerySerializer,
 )
@@ -73,9 +76,13 @@ class HandoverActionApi(TenantScopedMixin, APIView):
 
 
 class HandoverClaimApi(HandoverActionApi):
-    @extend_schema(request=None, responses={200: HandoverTicketSerializer})
+    @extend_schema(request=ClaimSerializer, responses={200: HandoverTicketSerializer})
     def post(self, request, pk):
-        return Response(HandoverTicketSerializer(services.ticket_claim(ticket=self.ticket(pk), actor=request.user)).data)
+        ticket = self.ticket(pk)
+        body = ClaimSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        ticket = services.ticket_claim(ticket=ticket, actor=request.user, lease=body.validated_data["lease"])
+        return Response(HandoverTicketSerializer(ticket).data)
 
 
 class HandoverReplyApi(HandoverActionApi):
@@ -103,3 +110,29 @@ class ConversationTakeOverApi(TenantScopedMixin, APIView):
         conversation = get_object_or_404(self.tenant_queryset(Conversation.objects), pk=pk)
         return Response(HandoverTicketSerializer(services.conversation_take_over(
             conversation=conversation, actor=request.user)).data)
+
+
+class HandoverNoteListApi(HandoverActionApi, generics.ListAPIView):
+    """The ticket's private notes, for the team only: never sent to the customer."""
+
+    serializer_class = NoteSerializer
+
+    def get_queryset(self):
+        return self.ticket(self.kwargs["pk"]).notes.select_related("author")
+
+    @extend_schema(request=NoteSerializer, responses={201: NoteSerializer})
+    def post(self, request, pk):
+        ticket = self.ticket(pk)
+        body = NoteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        note = services.ticket_note_add(ticket=ticket, actor=request.user, text=body.validated_data["text"])
+        return Response(NoteSerializer(note).data, status=status.HTTP_201_CREATED)
+
+
+class CannedReplyListApi(TenantScopedMixin, generics.ListAPIView):
+    """The tenant's canned replies (kept in the admin)."""
+
+    serializer_class = CannedReplySerializer
+
+    def get_queryset(self):
+        return self.tenant_queryset(CannedReply.objects.all())

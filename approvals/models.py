@@ -61,6 +61,8 @@ class HandoverTicket(models.Model):
     assignee = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="A console's claim: back to the queue after this unless the console renews it.")
     closed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -70,3 +72,56 @@ class HandoverTicket(models.Model):
                 fields=["conversation"], condition=~Q(status="closed"), name="one_live_ticket_per_conversation"
             )
         ]
+
+
+class DeskEvent(models.Model):
+    """A change of what the console's queue and inbox show (a ticket opened, claimed, released, closed; an
+    approval requested, decided), numbered per tenant without gaps in commit order, as a run's events are:
+    a console that reconnects asks for what came after the last one it saw."""
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    seq = models.PositiveBigIntegerField()
+    type = models.CharField(max_length=40)
+    data = models.JSONField(default=dict)
+    ts = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "seq"], name="desk_event_seq_unique")]
+
+    def envelope(self) -> dict:
+        return {"seq": self.seq, "type": self.type, "ts": self.ts.isoformat(), "data": self.data}
+
+
+class DeskSeq(models.Model):
+    """A tenant's last desk event number. Taking the next one locks this row until commit, so that events
+    commit in number order: a reader never sees 7 before 6 has committed."""
+
+    tenant = models.OneToOneField("accounts.Tenant", on_delete=models.CASCADE, primary_key=True, related_name="+")
+    last_seq = models.PositiveBigIntegerField(default=0)
+
+
+class CannedReply(models.Model):
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    title = models.CharField(max_length=100)
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["title"]
+        verbose_name_plural = "canned replies"
+        constraints = [models.UniqueConstraint(fields=["tenant", "title"], name="canned_reply_title_unique")]
+
+    def __str__(self):
+        return self.title
+
+
+class TicketNote(models.Model):
+    """A private note on a handover ticket: for the team, never sent to the customer."""
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    ticket = models.ForeignKey(HandoverTicket, on_delete=models.CASCADE, related_name="notes")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]

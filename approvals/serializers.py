@@ -2,7 +2,7 @@ from rest_framework import serializers
 
 from hil_project.api import StrictCharField
 
-from .models import ApprovalRequest, HandoverTicket
+from .models import ApprovalRequest, CannedReply, HandoverTicket, TicketNote
 
 
 class ApprovalSerializer(serializers.ModelSerializer):
@@ -32,8 +32,29 @@ class HandoverTicketSerializer(serializers.ModelSerializer):
     class Meta:
         model = HandoverTicket
         fields = ["id", "conversation", "run", "status", "reason", "case_file", "assignee", "created_at",
-                  "claimed_at", "closed_at"]
+                  "claimed_at", "lease_expires_at", "closed_at"]
 
 
 class ReplySerializer(serializers.Serializer):
     text = StrictCharField(max_length=20_000)
+
+
+class ClaimSerializer(serializers.Serializer):
+    lease = serializers.BooleanField(required=False, default=False, help_text=(
+        "Hold the ticket only while a console renews the claim: it goes back to the queue when the console closes."))
+
+
+class NoteSerializer(serializers.ModelSerializer):
+    author = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    text = StrictCharField(max_length=20_000)
+
+    class Meta:
+        model = TicketNote
+        fields = ["id", "author", "text", "created_at"]
+        read_only_fields = ["id", "author", "created_at"]
+
+
+class CannedReplySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CannedReply
+        fields = ["id", "title", "text"]

@@ -1,7 +1,8 @@
 from datetime import timedelta
 
 import jsonschema
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import Tenant
@@ -9,9 +10,50 @@ from accounts.services import audit_record
 from core.errors import Conflict, ServiceError
 from tools.services import tool_call_decide
 from workflows import services as conversations
-from workflows.events import events_append
+from workflows.events import doorbell_ring, events_append
 
-from .models import ApprovalRequest, HandoverTicket
+from .models import ApprovalRequest, CannedReply, DeskEvent, DeskSeq, HandoverTicket, TicketNote
+
+DESK = "desk"  # the doorbell stream of a tenant's desk events (workflows.doorbells.listen(tenant_id, DESK))
+
+
+def desk_append(*, tenant_id: int, type_: str, data: dict) -> DeskEvent:
+    """Append a desk event in the caller's transaction, numbered after the tenant's last one; consoles
+    hear of it after commit. The number's row stays locked until then, so that numbers commit in order."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {DeskSeq._meta.db_table} (tenant_id, last_seq) VALUES (%s, 1) ON CONFLICT "
+                       f"(tenant_id) DO UPDATE SET last_seq = {DeskSeq._meta.db_table}.last_seq + 1 RETURNING last_seq",
+                       [tenant_id])
+        seq = cursor.fetchone()[0]
+    event = DeskEvent.objects.create(tenant_id=tenant_id, seq=seq, type=type_, data=data)
+    transaction.on_commit(lambda: doorbell_ring(tenant_id, DESK, seq))
+    return event
+
+
+def desk_after(*, tenant_id: int, after: int, limit: int = 1000) -> list[dict]:
+    return [e.envelope() for e in DeskEvent.objects.filter(tenant_id=tenant_id, seq__gt=after).order_by("seq")[:limit]]
+
+
+def desk_seq(*, tenant_id: int) -> int:
+    return DeskSeq.objects.filter(tenant_id=tenant_id).values_list("last_seq", flat=True).first() or 0
+
+
+def ticket_card(ticket: HandoverTicket) -> dict:
+    """What the console's queue shows of a ticket (also the data of its desk events)."""
+    return {"id": str(ticket.id), "conversation": str(ticket.conversation_id), "workflow": ticket.conversation.workflow.slug,
+            "reason": ticket.reason, "status": ticket.status, "created_at": ticket.created_at.isoformat(),
+            "assignee": ticket.assignee.get_username() if ticket.assignee_id else None}
+
+
+def approval_card(approval: ApprovalRequest) -> dict:
+    """What the console's inbox shows of an approval (also the data of its desk events)."""
+    return {"id": str(approval.id), "run": str(approval.run_id), "node": approval.node_id, "title": approval.title,
+            "payload": approval.payload, "schema": approval.payload_schema, "status": approval.status,
+            "created_at": approval.created_at.isoformat(), "expires_at": approval.expires_at.isoformat()}
+
+
+def _ticket_changed(ticket: HandoverTicket, type_: str) -> None:
+    desk_append(tenant_id=ticket.tenant_id, type_=type_, data=ticket_card(ticket))
 
 DECISIONS = {"approve": ApprovalRequest.Status.APPROVED, "reject": ApprovalRequest.Status.REJECTED,
              "edit": ApprovalRequest.Status.EDITED, "expire": ApprovalRequest.Status.EXPIRED}
@@ -32,6 +74,7 @@ def approval_open(*, run, node_id: str, call_key: str, request: dict) -> Approva
         events_append(run, ("approval.requested", {"approval": str(approval.id), "node": node_id, "call": call_key,
                                                    "title": approval.title, "payload": approval.payload,
                                                    "expires_at": approval.expires_at.isoformat()}))
+        desk_append(tenant_id=approval.tenant_id, type_="approval.requested", data=approval_card(approval))
     return approval
 
 
@@ -62,6 +105,8 @@ def approval_decide(*, approval: ApprovalRequest, decision: str, actor=None, pay
     events_append(run, ("approval.decided", {"approval": str(approval.id), "node": approval.node_id,
                                              "decision": decision, "payload": decided_payload, "comment": comment,
                                              "by": by}))
+    desk_append(tenant_id=approval.tenant_id, type_="approval.decided",
+                data={**approval_card(approval), "decision": decision, "by": by})
     if actor is not None:
         audit_record(tenant_id=approval.tenant_id, actor=actor, action=f"approval.{decision}", obj=approval,
                      old={"status": "pending", "payload": approval.payload},
@@ -94,16 +139,22 @@ def approvals_expire(*, limit: int = 500) -> int:
 
 
 def approvals_withdraw(*, run) -> None:
-    ApprovalRequest.objects.filter(run=run, status=ApprovalRequest.Status.PENDING).update(
-        status=ApprovalRequest.Status.WITHDRAWN, decided_at=timezone.now())
+    pending = list(ApprovalRequest.objects.select_for_update().filter(run=run, status=ApprovalRequest.Status.PENDING))
+    for approval in pending:
+        approval.status, approval.decided_at = ApprovalRequest.Status.WITHDRAWN, timezone.now()
+        approval.save(update_fields=["status", "decided_at"])
+        desk_append(tenant_id=approval.tenant_id, type_="approval.decided", data=approval_card(approval))
 
 
 def handover_open(*, run, reason: str) -> HandoverTicket:
     """The conversation's live ticket, opened with the case file a human needs if there is none. Call with
     the conversation locked, as every change of its owner is: no one else can open one meanwhile."""
-    return _ticket_live(run.conversation_id) or HandoverTicket.objects.create(
-        tenant_id=run.tenant_id, conversation_id=run.conversation_id, run=run, reason=reason,
-        case_file=_case_file(run, reason))
+    ticket = _ticket_live(run.conversation_id)
+    if ticket is None:
+        ticket = HandoverTicket.objects.create(tenant_id=run.tenant_id, conversation_id=run.conversation_id, run=run,
+                                               reason=reason, case_file=_case_file(run, reason))
+        _ticket_changed(ticket, "ticket.opened")
+    return ticket
 
 
 def _ticket_live(conversation_id) -> HandoverTicket | None:
@@ -125,8 +176,8 @@ def _case_file(run, reason: str) -> dict:
 def _ticket_locked(ticket: HandoverTicket) -> HandoverTicket:
     """The ticket, locked after its conversation (the order every change of a conversation takes)."""
     conversations.conversation_lock(conversation_id=ticket.conversation_id)
-    return (HandoverTicket.objects.select_for_update(of=("self",), no_key=True).select_related("run", "assignee")
-            .get(pk=ticket.pk))
+    return (HandoverTicket.objects.select_for_update(of=("self",), no_key=True)
+            .select_related("run", "assignee", "conversation__workflow").get(pk=ticket.pk))
 
 
 def _ticket_event(ticket: HandoverTicket, type_: str, data: dict) -> None:
@@ -135,18 +186,54 @@ def _ticket_event(ticket: HandoverTicket, type_: str, data: dict) -> None:
 
 
 @transaction.atomic
-def ticket_claim(*, ticket: HandoverTicket, actor) -> HandoverTicket:
+def ticket_claim(*, ticket: HandoverTicket, actor, lease: bool = False) -> HandoverTicket:
+    """Claim an open ticket; the first of two at once wins, the other is told who. With `lease`, only for
+    as long as a console renews it (tickets_renew): a closed tab gives it back to the queue."""
     ticket = _ticket_locked(ticket)
     if ticket.status != HandoverTicket.Status.OPEN:
         holder = ticket.assignee.get_username() if ticket.assignee else "nobody"
         raise Conflict(f"this ticket is {ticket.status} (by {holder})")
     ticket.status, ticket.assignee, ticket.claimed_at = HandoverTicket.Status.CLAIMED, actor, timezone.now()
-    ticket.save(update_fields=["status", "assignee", "claimed_at"])
+    ticket.lease_expires_at = ticket.claimed_at + timedelta(seconds=settings.HIL_CLAIM_LEASE_S) if lease else None
+    ticket.save(update_fields=["status", "assignee", "claimed_at", "lease_expires_at"])
     conversations.conversation_to_human(conversation_id=ticket.conversation_id)
     audit_record(tenant_id=ticket.tenant_id, actor=actor, action="handover.claim", obj=ticket,
                  old={"status": "open"}, new={"status": "claimed", "assignee": actor.get_username()})
     _ticket_event(ticket, "handover.claimed", {"by": actor.get_username()})
+    _ticket_changed(ticket, "ticket.claimed")
     return ticket
+
+
+def tickets_renew(*, tenant_id: int, user_id: int) -> int:
+    """Renew the leases of the tickets a member holds from a console that is still open."""
+    return HandoverTicket.objects.filter(
+        tenant_id=tenant_id, assignee_id=user_id, status=HandoverTicket.Status.CLAIMED, lease_expires_at__isnull=False,
+    ).update(lease_expires_at=timezone.now() + timedelta(seconds=settings.HIL_CLAIM_LEASE_S))
+
+
+def tickets_release_expired(*, limit: int = 500) -> int:
+    """Give back to the queue the tickets whose console stopped renewing their lease (closed, crashed)."""
+    released = 0
+    for ticket in HandoverTicket.objects.filter(status=HandoverTicket.Status.CLAIMED,
+                                                lease_expires_at__lt=timezone.now())[:limit]:
+        released += _ticket_release(ticket)
+    return released
+
+
+@transaction.atomic
+def _ticket_release(ticket: HandoverTicket) -> bool:
+    ticket = _ticket_locked(ticket)
+    if ticket.status != HandoverTicket.Status.CLAIMED or not ticket.lease_expires_at or (
+            ticket.lease_expires_at >= timezone.now()):
+        return False  # returned, or renewed, meanwhile
+    holder = ticket.assignee.get_username()
+    ticket.status, ticket.assignee, ticket.claimed_at, ticket.lease_expires_at = (
+        HandoverTicket.Status.OPEN, None, None, None)
+    ticket.save(update_fields=["status", "assignee", "claimed_at", "lease_expires_at"])
+    conversations.conversation_await_human(conversation_id=ticket.conversation_id)
+    _ticket_event(ticket, "handover.released", {"by": holder, "reason": "the claim's lease expired"})
+    _ticket_changed(ticket, "ticket.released")
+    return True
 
 
 @transaction.atomic
@@ -169,6 +256,7 @@ def conversation_take_over(*, conversation, actor) -> HandoverTicket:
     audit_record(tenant_id=ticket.tenant_id, actor=actor, action="handover.take_over", obj=ticket,
                  old={"conversation": conversation.status}, new={"status": "claimed", "assignee": actor.get_username()})
     _ticket_event(ticket, "handover.claimed", {"by": actor.get_username(), "taken_over": True})
+    _ticket_changed(ticket, "ticket.claimed")
     return ticket
 
 
@@ -185,13 +273,24 @@ def ticket_reply(*, ticket: HandoverTicket, actor, text: str):
 def ticket_return_to_ai(*, ticket: HandoverTicket, actor) -> HandoverTicket:
     ticket = _ticket_locked(ticket)
     _ticket_held_by(ticket, actor)
-    ticket.status, ticket.closed_at = HandoverTicket.Status.CLOSED, timezone.now()
-    ticket.save(update_fields=["status", "closed_at"])
+    ticket.status, ticket.closed_at, ticket.lease_expires_at = HandoverTicket.Status.CLOSED, timezone.now(), None
+    ticket.save(update_fields=["status", "closed_at", "lease_expires_at"])
     conversations.conversation_to_ai(conversation_id=ticket.conversation_id)
     audit_record(tenant_id=ticket.tenant_id, actor=actor, action="handover.return_to_ai", obj=ticket,
                  old={"status": "claimed"}, new={"status": "closed"})
     _ticket_event(ticket, "handover.returned", {"by": actor.get_username()})
+    _ticket_changed(ticket, "ticket.closed")
     return ticket
+
+
+@transaction.atomic
+def ticket_note_add(*, ticket: HandoverTicket, actor, text: str) -> TicketNote:
+    """A private note for the team; any member who may act on tickets may add one."""
+    return TicketNote.objects.create(tenant_id=ticket.tenant_id, ticket=ticket, author=actor, text=text)
+
+
+def canned_replies(*, tenant_id: int) -> list[CannedReply]:
+    return list(CannedReply.objects.filter(tenant_id=tenant_id))
 
 
 def _ticket_held_by(ticket: HandoverTicket, actor) -> None:

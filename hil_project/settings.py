@@ -55,7 +55,7 @@ if os.environ.get("HIL_PROXY_SSL_HEADER"):
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "hil_project.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -72,6 +72,9 @@ INSTALLED_APPS = [
     "approvals",
     "analytics",
     "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
 ]
 
 MIDDLEWARE = [
@@ -82,6 +85,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
@@ -99,6 +103,14 @@ AXES_VERBOSE = False  # its start-up banner in every process says nothing an ope
 AXES_RESET_ON_SUCCESS = True
 AXES_COOLOFF_MESSAGE = (f"Too many failed logins for this user from your address: logins are refused for "
                         f"{AXES_COOLOFF_TIME.total_seconds() / 60:g} minutes after the last try.")
+
+# Two factors for every member, in the console and the admin alike (accounts/views.py): a password, then a
+# TOTP code or a backup code. Each device refuses codes for a time that doubles after each wrong one.
+LOGIN_URL = "signin"
+OTP_TOTP_ISSUER = "HIL"
+# A console claims a ticket under a lease that it renews while it is open: a closed tab gives the ticket
+# back to the queue this long after its last renewal (approvals/consumers.py).
+HIL_CLAIM_LEASE_S = float(os.environ.get("HIL_CLAIM_LEASE_S", "60"))
 
 ROOT_URLCONF = "hil_project.urls"
 ASGI_APPLICATION = "hil_project.asgi.application"
@@ -162,7 +174,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 HIL_MAX_BODY_BYTES = int(os.environ.get("HIL_MAX_BODY_BYTES", str(1024 * 1024)))
 HIL_MAX_JSON_DEPTH = int(os.environ.get("HIL_MAX_JSON_DEPTH", "32"))
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.BearerTokenAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.BearerTokenAuthentication",
+                                       "accounts.auth.SessionMemberAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["accounts.auth.TenantRolePermission"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "hil_project.api.Pagination",
@@ -237,6 +250,7 @@ HIL_LLM_SEMANTIC_THRESHOLD = float(os.environ.get("HIL_LLM_SEMANTIC_THRESHOLD", 
 CELERY_BEAT_SCHEDULE = {
     "runs-sweep": {"task": "workflows.tasks.runs_sweep_task", "schedule": HIL_SWEEP_INTERVAL_S},
     "approvals-expire": {"task": "approvals.tasks.approvals_expire_task", "schedule": HIL_SWEEP_INTERVAL_S},
+    "tickets-release": {"task": "approvals.tasks.tickets_release_task", "schedule": HIL_SWEEP_INTERVAL_S},
     # Expired answers are never served; this only gives their space back.
     "llm-cache-expire": {"task": "agents.tasks.llm_cache_expire_task", "schedule": 3600},
 }

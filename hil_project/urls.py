@@ -2,8 +2,10 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts import views as accounts_views
 from agents import api as agents_api
 from approvals import api as approvals_api
+from approvals import views as console_views
 from hil_project import health
 from tools import api as tools_api
 from workflows import api as workflows_api
@@ -26,6 +28,8 @@ api = [
     path("handovers/<uuid:pk>/claim/", approvals_api.HandoverClaimApi.as_view()),
     path("handovers/<uuid:pk>/reply/", approvals_api.HandoverReplyApi.as_view()),
     path("handovers/<uuid:pk>/return-to-ai/", approvals_api.HandoverReturnApi.as_view()),
+    path("handovers/<uuid:pk>/notes/", approvals_api.HandoverNoteListApi.as_view()),
+    path("canned-replies/", approvals_api.CannedReplyListApi.as_view()),
     path("secrets/", tools_api.SecretListApi.as_view()),
     path("secrets/<str:name>/", tools_api.SecretDetailApi.as_view()),
     path("model-endpoints/", agents_api.EndpointListApi.as_view()),
@@ -39,6 +43,12 @@ urlpatterns = [
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("admin/", admin.site.urls),
+    path("console/", console_views.console, name="console"),
+    path("console/signin/", accounts_views.signin, name="signin"),
+    path("console/verify/", accounts_views.verify, name="verify"),
+    path("console/enrol/", accounts_views.enrol, name="enrol"),
+    path("console/signout/", accounts_views.signout, name="signout"),
+    path("console/tenant/", accounts_views.tenant_choose, name="tenant_choose"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include(api)),

@@ -153,10 +153,11 @@ def redis_lost() -> bool:
 
 
 @asynccontextmanager
-async def listen(tenant_id: int, run_id):
-    """A bell rung by each doorbell of this run, on this event loop's shared subscriber."""
+async def listen(tenant_id: int, stream):
+    """A bell rung by each doorbell of this stream (a run's id; see events.doorbell_channel), on this
+    event loop's shared subscriber."""
     hub = _hubs.setdefault(asyncio.get_running_loop(), _Hub())
-    channel, bell = doorbell_channel(tenant_id, run_id), Bell()
+    channel, bell = doorbell_channel(tenant_id, stream), Bell()
     hub.add(channel, bell)
     try:
         yield bell

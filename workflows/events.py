@@ -15,8 +15,9 @@ from .models import Run, RunEvent
 log = logging.getLogger(__name__)
 
 
-def doorbell_channel(tenant_id: int, run_id) -> str:
-    return f"hil:t{tenant_id}:run:{run_id}"
+def doorbell_channel(tenant_id: int, stream) -> str:
+    """A tenant's doorbell for one stream: a run's id, `conversation-<id>` (its messages), or `desk`."""
+    return f"hil:t{tenant_id}:run:{stream}"
 
 
 def events_append(run, *events: tuple[str, dict]) -> None:
@@ -84,11 +85,20 @@ def run_commit(run: Run, *, lease: str | None = None, where: tuple[str, list] | 
     return updated
 
 
-def doorbell_ring(tenant_id: int, run_id, seq: int) -> None:
+def doorbell_ring(tenant_id: int, stream, seq: int = 0) -> None:
     try:
-        core_redis.client().publish(doorbell_channel(tenant_id, run_id), seq)
+        core_redis.client().publish(doorbell_channel(tenant_id, stream), seq)
     except redis.RedisError as e:  # listeners catch up from the database
-        log.warning("doorbell for run %s not rung: %s", run_id, e)
+        log.warning("doorbell for %s not rung: %s", stream, e)
+
+
+def conversation_stream(conversation_id) -> str:
+    return f"conversation-{conversation_id}"
+
+
+def message_rung(message) -> None:
+    """Ring the conversation's doorbell once the message is committed (a console shows it live)."""
+    transaction.on_commit(lambda: doorbell_ring(message.tenant_id, conversation_stream(message.conversation_id)))
 
 
 def events_after(run, after: int, limit: int = 1000) -> list[dict]:

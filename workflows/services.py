@@ -8,7 +8,7 @@ from core.errors import Conflict, ServiceError
 
 from . import engine, humans
 from . import spec as workflow_spec
-from .events import db_now, events_append, run_commit
+from .events import db_now, events_append, message_rung, run_commit
 from .models import Conversation, Message, Run, Workflow, WorkflowVersion
 
 
@@ -96,6 +96,7 @@ def message_post(*, conversation: Conversation, text: str, turn_id: str) -> tupl
             if conversation.status == Conversation.Status.AI:
                 message.run = run_start(conversation=conversation, message=message, held=_turn_active(conversation.pk))
             message.save(force_insert=True)
+            message_rung(message)
             return message, True
     except IntegrityError:  # a concurrent post of the same turn won the race
         first = Message.objects.select_related("run").get(conversation=conversation, turn_id=turn_id)
@@ -213,6 +214,12 @@ def conversation_to_human(*, conversation_id) -> None:
     engine.next_turns_release(conversation_id=conversation_id, handed_over=True)
 
 
+def conversation_await_human(*, conversation_id) -> None:
+    """Handed over and waiting for a human again: the one who had it let it go."""
+    conversation_lock(conversation_id=conversation_id)
+    Conversation.objects.filter(pk=conversation_id).update(status=Conversation.Status.AWAITING_HUMAN)
+
+
 def conversation_to_ai(*, conversation_id) -> None:
     """The AI answers the conversation's next messages again."""
     conversation_lock(conversation_id=conversation_id)
@@ -222,5 +229,7 @@ def conversation_to_ai(*, conversation_id) -> None:
 def message_reply_post(*, conversation_id, author, text: str) -> Message:
     """A human's reply in the conversation."""
     conversation = conversation_lock(conversation_id=conversation_id)
-    return Message.objects.create(tenant_id=conversation.tenant_id, conversation=conversation,
-                                  role=Message.Role.HUMAN, text=text, author=author)
+    message = Message.objects.create(tenant_id=conversation.tenant_id, conversation=conversation,
+                                     role=Message.Role.HUMAN, text=text, author=author)
+    message_rung(message)
+    return message

@@ -22,6 +22,7 @@ from core.errors import ServiceError
 from tools.services import secret_set
 
 from .conftest import LLM_TEST_KEY
+from conftest import verified_login
 
 pytestmark = pytest.mark.django_db
 
@@ -458,7 +459,7 @@ def test_the_api_lists_the_tenants_calls_newest_first_and_by_run(api, tenant, ot
 @pytest.fixture
 def root(db):
     client = Client()
-    client.force_login(user_ensure(username="root", is_staff=True, is_superuser=True))
+    verified_login(client, user_ensure(username="root", is_staff=True, is_superuser=True))
     return client
 
 
@@ -549,7 +550,7 @@ def test_a_staff_member_sees_only_their_tenants_models_calls_and_cached_answers(
     membership_set(tenant=tenant, user=user, role=Role.ADMIN)
     user.user_permissions.set(Permission.objects.filter(content_type__app_label="agents"))
     client = Client()
-    client.force_login(user)
+    verified_login(client, user)
 
     listed = client.get("/admin/agents/modelendpoint/").content.decode()
     assert ">local<" in listed and "globex-endpoint" not in listed

@@ -15,6 +15,7 @@ from agents import builtin, registry
 from core.errors import ServiceError
 from workflows import services, spec
 from workflows.models import Message, WorkflowVersion
+from conftest import verified_login
 
 # A truck's telemetry (a node that would fetch it in real life), decoded, and a reply quoting it.
 TRUCK = """
@@ -105,7 +106,7 @@ def test_a_wrong_plugin_config_added_in_the_admin_is_kept_as_a_draft_that_cannot
                                                                                                  publish):
     from django.contrib.auth import get_user_model
 
-    client.force_login(get_user_model().objects.create_superuser("root", password="x"))
+    verified_login(client, get_user_model().objects.create_superuser("root", password="x"))
     workflow = publish(tenant, truck())
     response = client.post("/admin/workflows/workflowversion/add/",
                            {"workflow": workflow.pk, "spec_yaml": truck(frame_id="x")}, follow=True)

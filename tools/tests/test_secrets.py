@@ -23,6 +23,7 @@ from core.errors import SecretNotFound, SecretUnreadable, ServiceError
 from tools import crypto
 from tools.models import Secret
 from tools.services import secret_delete, secret_set, secret_value
+from conftest import verified_login
 
 pytestmark = pytest.mark.django_db
 
@@ -367,7 +368,7 @@ def test_no_log_line_holds_the_value(api, tenant, caplog):
 @pytest.fixture
 def root(db):
     client = Client()
-    client.force_login(user_ensure(username="root", is_staff=True, is_superuser=True))
+    verified_login(client, user_ensure(username="root", is_staff=True, is_superuser=True))
     return client
 
 
@@ -420,7 +421,7 @@ def test_a_staff_member_sees_only_their_tenants_secrets(tenant, other_tenant):
     membership_set(tenant=tenant, user=user, role=Role.ADMIN)
     user.user_permissions.set(Permission.objects.filter(content_type__app_label="tools"))
     client = Client()
-    client.force_login(user)
+    verified_login(client, user)
 
     listed = client.get("/admin/tools/secret/").content.decode()
     assert "acme-secret" in listed and "globex-secret" not in listed

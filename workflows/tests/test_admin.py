@@ -4,13 +4,14 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from workflows.models import WorkflowVersion
+from conftest import verified_login
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def admin_client(client):
-    client.force_login(get_user_model().objects.create_superuser("root", password="x"))
+    verified_login(client, get_user_model().objects.create_superuser("root", password="x"))
     return client
 
 
@@ -56,7 +57,7 @@ def test_a_valid_version_added_in_the_admin_is_published_by_the_action(admin_cli
 @pytest.mark.parametrize("model", [
     "accounts/tenant", "accounts/membership", "accounts/apitoken", "workflows/workflow", "workflows/workflowversion",
     "workflows/conversation", "workflows/message", "workflows/run", "workflows/runevent", "tools/toolcall",
-    "approvals/approvalrequest", "approvals/handoverticket", "accounts/auditentry",
+    "approvals/approvalrequest", "approvals/handoverticket", "approvals/cannedreply", "accounts/auditentry",
 ])
 def test_every_model_is_in_the_admin(admin_client, model):
     assert admin_client.get(f"/admin/{model}/").status_code == 200

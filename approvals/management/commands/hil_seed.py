@@ -1,19 +1,19 @@
 import os
-from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts.models import Role, Tenant
-from accounts.services import api_token_create, membership_set, user_ensure
+from accounts.services import api_token_create, membership_set, totp_demo_device, totp_secret, user_ensure
 from agents.models import ModelEndpoint
 from agents.services import MODEL_FIELDS, endpoint_save, profile_save
 from tools.services import secret_set
 from workflows import services
+from approvals.models import CannedReply
 from workflows.models import Workflow
 
-DEMO_YAML = Path(__file__).resolve().parents[2] / "demo" / "customer_support.yaml"
+DEMO_YAML = settings.BASE_DIR / "workflows" / "demo" / "customer_support.yaml"
 PASSWORD = os.environ.get("HIL_DEMO_PASSWORD", "hil-demo-password")
 
 
@@ -48,12 +48,17 @@ class Command(BaseCommand):
             services.workflow_version_publish(version=version, actor=operator)
 
         models = _demo_models(tenant, actor=operator)
+        keys = {f"{user.username}_key": totp_secret(totp_demo_device(user=user)) for user in (operator, alice, bob)}
+        CannedReply.objects.get_or_create(tenant=tenant, title="Greeting", defaults={
+            "text": "Hi, thanks for waiting. I'm looking at your case now."})
+        CannedReply.objects.get_or_create(tenant=tenant, title="Refund sent", defaults={
+            "text": "Your refund is on its way: it shows on your statement within 5 working days."})
 
         # New tokens each time, and the ones printed before keep working: they are stored hashed, so
         # they cannot be printed again, and revoking them would break what a newcomer copied last run.
         self.stdout.write(TRY_IT.format(
             base=base_url, password=PASSWORD, token=api_token_create(tenant=tenant, user=operator, name="demo")[1],
-            alice=api_token_create(tenant=tenant, user=alice, name="demo-alice")[1]) + models)
+            alice=api_token_create(tenant=tenant, user=alice, name="demo-alice")[1], **keys) + models)
 
 
 def _demo_models(tenant: Tenant, *, actor) -> str:
@@ -82,7 +87,10 @@ def _demo_models(tenant: Tenant, *, actor) -> str:
 
 TRY_IT = """
 HIL demo tenant 'demo' is ready.
-  Admin:  {base}/admin/   users operator (admin), alice and bob (human agents); password {password}
+  Console: {base}/console/   alice and bob (human agents), operator (also the admin); password {password}
+           then a code from the user's authenticator: add their key to an authenticator app, or print it now
+           with `.venv/bin/python -m accounts.totp <key>`.  Keys: alice {alice_key}  bob {bob_key}  operator {operator_key}
+  Admin:   {base}/admin/   as operator, with the same two factors
   API:    {base}/api/docs/
   Token (operator): {token}
   Token (alice):    {alice}

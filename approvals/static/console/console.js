@@ -1,0 +1,542 @@
+// The HIL console: the handover queue, a conversation, the approvals inbox. Reads and acts through the
+// API (as the signed-in member); hears every change on one WebSocket and resumes from the last seq it saw.
+"use strict";
+
+const boot = JSON.parse(document.getElementById("boot").textContent);
+const $ = (selector, root = document) => root.querySelector(selector);
+const state = {
+  tab: "queue",
+  tickets: new Map(boot.tickets.map((t) => [t.id, t])),
+  approvals: new Map(boot.approvals.map((a) => [a.id, a])),
+  seq: boot.seq,            // the last desk event applied
+  selected: null,           // the id under the cursor in the list
+  open: null,               // {kind: "ticket"|"approval", id}
+  runSeq: 0,                // the last run event shown in the open conversation's timeline
+  messages: new Map(),      // the open conversation's messages by id
+  presence: {},             // channel -> {user, ticket, typing}
+  socket: null,
+};
+
+// ---------- the API ----------
+
+function csrf() {
+  return (document.cookie.match(/(?:^|; )csrftoken=([^;]+)/) || [])[1] || "";
+}
+
+async function api(method, path, body) {
+  const response = await fetch(`/api/v1/${path}`, {
+    method, credentials: "same-origin",
+    headers: {"Content-Type": "application/json", "X-CSRFToken": csrf()},
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = response.status === 204 ? null : await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const detail = data && (data.detail || JSON.stringify(data));
+    throw new Error(detail || `${response.status} ${response.statusText}`);
+  }
+  return data;
+}
+
+function toast(text, kind = "info") {
+  const el = $("#toast");
+  el.textContent = text;
+  el.className = `toast ${kind}`;
+  el.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { el.hidden = true; }, 5000);
+}
+
+async function act(what, fn) {
+  try {
+    return await fn();
+  } catch (error) {
+    toast(`${what}: ${error.message}`, "error");
+    return null;
+  }
+}
+
+// ---------- rendering helpers ----------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") el.className = value;
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (value !== undefined && value !== null && value !== false) el.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+function since(iso) {
+  const s = Math.max(0, Math.floor((Date.now() - Date.parse(iso)) / 1000));
+  const hours = Math.floor(s / 3600), minutes = Math.floor((s % 3600) / 60), seconds = s % 60;
+  return hours ? `${hours}h ${String(minutes).padStart(2, "0")}m` : `${minutes}:${String(seconds).padStart(2, "0")}`;
+}
+
+function json(value) {
+  return JSON.stringify(value, null, 2);
+}
+
+// ---------- the list: queue and approvals ----------
+
+function visibleItems() {
+  if (state.tab === "approvals") {
+    return [...state.approvals.values()].sort((a, b) => a.created_at.localeCompare(b.created_at));
+  }
+  const workflow = $("#f-workflow").value, reason = $("#f-reason").value.toLowerCase(), mine = $("#f-mine").checked;
+  return [...state.tickets.values()]
+    .filter((t) => (!workflow || t.workflow === workflow) && (!reason || t.reason.toLowerCase().includes(reason))
+      && (!mine || t.assignee === boot.me))
+    .sort((a, b) => a.created_at.localeCompare(b.created_at));  // the longest waiting first
+}
+
+function viewersOf(ticketId) {
+  return Object.values(state.presence).filter((p) => p.ticket === ticketId && p.user !== boot.me);
+}
+
+function renderList() {
+  $("#n-queue").textContent = [...state.tickets.values()].filter((t) => t.status === "open").length;
+  $("#n-approvals").textContent = state.approvals.size;
+  const workflows = new Set([...state.tickets.values()].map((t) => t.workflow));
+  const select = $("#f-workflow");
+  for (const workflow of workflows) {
+    if (![...select.options].some((o) => o.value === workflow)) select.append(h("option", {value: workflow}, workflow));
+  }
+  const items = visibleItems();
+  if (!items.some((item) => item.id === state.selected)) state.selected = items.length ? items[0].id : null;
+  $("#filters").hidden = state.tab !== "queue";
+  $("#list").replaceChildren(...items.map((item) => state.tab === "queue" ? ticketRow(item) : approvalRow(item)));
+  if (!items.length) {
+    $("#list").append(h("li", {class: "empty"}, state.tab === "queue" ? "No one is waiting." : "Nothing to decide."));
+  }
+}
+
+function ticketRow(t) {
+  const viewers = viewersOf(t.id);
+  return h("li", {
+    class: `row ${t.id === state.selected ? "selected" : ""} ${state.open && state.open.id === t.id ? "opened" : ""}`,
+    "data-id": t.id, onclick: () => { state.selected = t.id; openSelected(); },
+  },
+  h("div", {class: "row-top"},
+    h("span", {class: "workflow"}, t.workflow),
+    h("span", {class: "sla", "data-since": t.created_at, title: "Waiting since the handover"}, since(t.created_at))),
+  h("div", {class: "reason"}, t.reason),
+  h("div", {class: "row-bottom"},
+    t.assignee ? h("span", {class: `badge ${t.assignee === boot.me ? "mine" : "taken"}`},
+      t.assignee === boot.me ? "yours" : `${t.assignee} has it`) : h("span", {class: "badge open"}, "open"),
+    viewers.length ? h("span", {class: "viewers"}, `👀 ${viewers.map((v) => v.user).join(", ")}`) : null));
+}
+
+function approvalRow(a) {
+  return h("li", {
+    class: `row ${a.id === state.selected ? "selected" : ""} ${state.open && state.open.id === a.id ? "opened" : ""}`,
+    "data-id": a.id, onclick: () => { state.selected = a.id; openSelected(); },
+  },
+  h("div", {class: "row-top"}, h("span", {class: "workflow"}, a.node),
+    h("span", {class: "sla", "data-since": a.created_at}, since(a.created_at))),
+  h("div", {class: "reason"}, a.title));
+}
+
+function move(step) {
+  const items = visibleItems();
+  if (!items.length) return;
+  const at = items.findIndex((item) => item.id === state.selected);
+  state.selected = items[Math.min(items.length - 1, Math.max(0, at + step))].id;
+  renderList();
+  const row = $(`#list [data-id="${state.selected}"]`);
+  if (row) row.scrollIntoView({block: "nearest"});
+}
+
+function switchTab(tab) {
+  state.tab = tab;
+  for (const button of document.querySelectorAll("[data-tab]")) {
+    button.setAttribute("aria-selected", button.dataset.tab === tab);
+  }
+  state.selected = null;
+  renderList();
+}
+
+function openSelected() {
+  if (!state.selected) return;
+  if (state.tab === "queue") openTicket(state.selected);
+  else openApproval(state.selected);
+  renderList();
+}
+
+// ---------- a conversation ----------
+
+async function openTicket(id) {
+  const ticket = await act("Opening the ticket", () => api("GET", `handovers/${id}/`));
+  if (!ticket) return;
+  state.open = {kind: "ticket", id, ticket};
+  state.messages = new Map();
+  state.runSeq = 0;
+  const cf = ticket.case_file || {};
+  const canned = h("select", {id: "canned", "aria-label": "Canned reply", onchange: (e) => {
+    const reply = $("#reply");
+    reply.value = (reply.value ? reply.value + "\n" : "") + e.target.value;
+    e.target.selectedIndex = 0;
+    reply.focus();
+  }}, h("option", {value: ""}, "Canned reply…"), boot.canned.map((c) => h("option", {value: c.text}, c.title)));
+  $("#detail").replaceChildren(
+    h("section", {class: "conversation"},
+      h("div", {class: "actions"},
+        h("h2", {}, ticket.reason),
+        h("span", {id: "holder", class: "holder"}),
+        h("button", {id: "claim", "data-action": "claim", title: "c"}, "Claim"),
+        h("button", {id: "return", "data-action": "return", title: "t"}, "Return to AI")),
+      h("ol", {id: "transcript", class: "transcript"}),
+      h("div", {id: "typing", class: "typing"}),
+      h("form", {id: "reply-form", class: "reply", onsubmit: (e) => { e.preventDefault(); sendReply(); }},
+        h("textarea", {id: "reply", rows: 3, placeholder: "Reply to the customer (r, then Ctrl+Enter to send)",
+          "aria-label": "Reply", oninput: typing}),
+        h("div", {class: "reply-bar"}, canned, h("button", {type: "submit"}, "Send"))),
+      h("h3", {}, "Private notes"),
+      h("ol", {id: "notes", class: "notes"}),
+      h("form", {class: "reply", onsubmit: (e) => { e.preventDefault(); addNote(); }},
+        h("textarea", {id: "note", rows: 2, placeholder: "A note for the team (n; never sent to the customer)",
+          "aria-label": "Private note"}),
+        h("div", {class: "reply-bar"}, h("button", {type: "submit"}, "Add note")))),
+    h("aside", {class: "casefile"},
+      h("h3", {}, "Case file"),
+      h("dl", {},
+        h("dt", {}, "Goal"), h("dd", {}, cf.goal || "—"),
+        h("dt", {}, "Reason for handover"), h("dd", {}, cf.reason || ticket.reason),
+        h("dt", {}, "Promises made"), h("dd", {}, (cf.promises || []).length ? h("ul", {}, cf.promises.map((p) => h("li", {}, p))) : "none"),
+        h("dt", {}, "Facts"), h("dd", {}, h("pre", {}, json(cf.facts || {}))),
+        h("dt", {}, "Tool calls"), h("dd", {}, (cf.tool_calls || []).length
+          ? h("ul", {}, cf.tool_calls.map((c) => h("li", {}, `${c.tool} (${c.status})`, h("pre", {}, json(c.args))))) : "none")),
+      h("h3", {}, "Timeline"),
+      h("ol", {id: "timeline", class: "timeline"})));
+  renderHolder();
+  watch();
+  loadNotes();
+  presence({ticket: id, typing: false});
+}
+
+function renderHolder() {
+  if (!state.open || state.open.kind !== "ticket") return;
+  const live = state.tickets.get(state.open.id);
+  const status = live ? live.status : "closed", assignee = live ? live.assignee : null;
+  $("#holder").textContent = status === "closed" ? "Back with the AI"
+    : assignee ? (assignee === boot.me ? "You have it" : `${assignee} has it`) : "Waiting for someone";
+  $("#claim").disabled = !boot.may_act || status !== "open";
+  const mine = status === "claimed" && assignee === boot.me;
+  $("#return").disabled = !mine;
+  $("#reply").disabled = !mine;
+  $("#reply-form button").disabled = !mine;
+}
+
+function renderMessages(messages) {
+  for (const m of messages) state.messages.set(m.id, m);
+  const transcript = $("#transcript");
+  if (!transcript) return;
+  transcript.replaceChildren(...[...state.messages.values()].map((m) => h("li", {class: `msg ${m.role}`},
+    h("span", {class: "who"}, m.role === "user" ? "Customer" : m.role === "ai" ? "AI" : (m.author || "Human")),
+    h("p", {}, m.text))));
+  transcript.scrollTop = transcript.scrollHeight;
+}
+
+function renderRunEvent(event) {
+  if (event.seq <= state.runSeq) return;  // seen already: never twice
+  state.runSeq = event.seq;
+  const timeline = $("#timeline");
+  if (!timeline) return;
+  const detail = event.data.node || event.data.reason || event.data.by || event.data.decision || "";
+  timeline.append(h("li", {"data-seq": event.seq},
+    h("span", {class: "seq"}, event.seq), h("span", {class: "type"}, event.type),
+    h("span", {class: "data"}, typeof detail === "string" ? detail : "")));
+}
+
+async function claim() {
+  if (!state.open || state.open.kind !== "ticket") return;
+  const done = await act("Claim", () => api("POST", `handovers/${state.open.id}/claim/`, {lease: true}));
+  if (done) { state.tickets.set(done.id, {...state.tickets.get(done.id), status: done.status, assignee: done.assignee}); renderHolder(); renderList(); $("#reply").focus(); }
+}
+
+async function sendReply() {
+  const text = $("#reply").value.trim();
+  if (!text || !state.open) return;
+  const sent = await act("Reply", () => api("POST", `handovers/${state.open.id}/reply/`, {text}));
+  if (sent) { $("#reply").value = ""; renderMessages([sent]); presence({ticket: state.open.id, typing: false}); }
+}
+
+async function returnToAi() {
+  if (!state.open || state.open.kind !== "ticket") return;
+  const done = await act("Return to AI", () => api("POST", `handovers/${state.open.id}/return-to-ai/`));
+  if (done) { state.tickets.delete(done.id); renderHolder(); renderList(); toast("Returned to the AI"); }
+}
+
+async function loadNotes() {
+  const id = state.open.id;
+  const notes = await act("Notes", () => api("GET", `handovers/${id}/notes/?limit=500`));
+  if (!notes || !state.open || state.open.id !== id) return;
+  $("#notes").replaceChildren(...notes.results.map((n) => h("li", {}, h("span", {class: "who"}, n.author), " ", n.text)));
+}
+
+async function addNote() {
+  const text = $("#note").value.trim();
+  if (!text || !state.open) return;
+  if (await act("Note", () => api("POST", `handovers/${state.open.id}/notes/`, {text}))) {
+    $("#note").value = "";
+    loadNotes();
+  }
+}
+
+function typing() {
+  const now = Date.now();
+  if (now - (typing.last || 0) < 2000) return;  // at most one signal every 2 s
+  typing.last = now;
+  presence({ticket: state.open.id, typing: true});
+  clearTimeout(typing.stop);
+  typing.stop = setTimeout(() => { typing.last = 0; presence({ticket: state.open && state.open.id, typing: false}); }, 4000);
+}
+
+function renderTyping() {
+  const el = $("#typing");
+  if (!el || !state.open) return;
+  const others = viewersOf(state.open.id).filter((p) => p.typing).map((p) => p.user);
+  el.textContent = others.length ? `${others.join(", ")} ${others.length > 1 ? "are" : "is"} typing…` : "";
+}
+
+// ---------- an approval ----------
+
+function openApproval(id) {
+  const a = state.approvals.get(id);
+  if (!a) return;
+  state.open = {kind: "approval", id};
+  presence({ticket: null, typing: false});
+  const form = a.schema ? schemaForm(a.schema, a.payload) : null;
+  $("#detail").replaceChildren(h("section", {class: "approval"},
+    h("h2", {}, a.title),
+    h("p", {class: "hint"}, `Node ${a.node} · run ${a.run} · expires ${new Date(a.expires_at).toLocaleString()}`),
+    h("div", {id: "decided", class: "decided", hidden: true}),
+    h("h3", {}, "What will happen"),
+    h("pre", {class: "payload"}, json(a.payload)),
+    form ? h("h3", {}, "Edit before approving") : null,
+    form,
+    form ? h("div", {id: "diff", class: "diff"}) : null,
+    h("label", {}, "Comment", h("textarea", {id: "comment", rows: 2, "aria-label": "Comment"})),
+    h("div", {class: "actions"},
+      h("button", {"data-action": "approve", title: "a", disabled: !boot.may_act}, "Approve"),
+      form ? h("button", {"data-action": "edit", title: "e", disabled: !boot.may_act}, "Approve with edits") : null,
+      h("button", {"data-action": "reject", class: "danger", title: "x", disabled: !boot.may_act}, "Reject"))));
+  if (form) { form.addEventListener("input", renderDiff); renderDiff(); }
+}
+
+// A form for an object schema's fields (string, number, integer, boolean, enum); anything else as JSON.
+function schemaForm(schema, payload) {
+  const form = h("form", {id: "edit-form", class: "schema-form", novalidate: true, onsubmit: (e) => e.preventDefault()});
+  const properties = schema.type === "object" && schema.properties ? schema.properties : null;
+  if (!properties) {
+    form.append(h("textarea", {name: "$json", rows: 8, "aria-label": "Payload (JSON)"}, json(payload)));
+    return form;
+  }
+  const required = new Set(schema.required || []);
+  for (const [name, prop] of Object.entries(properties)) {
+    const value = payload[name], label = prop.title || name;
+    let input;
+    if (prop.enum) {
+      input = h("select", {name}, prop.enum.map((option) => h("option", {value: JSON.stringify(option), selected: option === value}, String(option))));
+    } else if (prop.type === "boolean") {
+      input = h("input", {type: "checkbox", name, checked: value === true});
+    } else if (prop.type === "number" || prop.type === "integer") {
+      input = h("input", {type: "number", name, value: value ?? "", step: prop.type === "integer" ? 1 : "any",
+        min: prop.minimum, max: prop.maximum, required: required.has(name)});
+    } else if (prop.type === "string") {
+      input = h("input", {type: "text", name, value: value ?? "", minlength: prop.minLength, maxlength: prop.maxLength,
+        pattern: prop.pattern, required: required.has(name)});
+    } else {
+      input = h("textarea", {name, rows: 3, "data-json": true}, json(value ?? null));
+    }
+    form.append(h("label", {}, label, prop.description ? h("small", {}, prop.description) : null, input,
+      h("span", {class: "field-error", "data-for": name})));
+  }
+  form.dataset.schema = JSON.stringify(schema);
+  return form;
+}
+
+// The edited payload, or throws with what is wrong (the server validates against the same schema again).
+function editedPayload() {
+  const approval = state.approvals.get(state.open.id), form = $("#edit-form");
+  const whole = form.elements.namedItem("$json");
+  if (whole) return JSON.parse(whole.value);
+  const schema = JSON.parse(form.dataset.schema), payload = {...approval.payload}, errors = [];
+  for (const [name, prop] of Object.entries(schema.properties)) {
+    const input = form.elements.namedItem(name);
+    const error = form.querySelector(`[data-for="${name}"]`);
+    error.textContent = "";
+    let value;
+    if (input.tagName === "SELECT") value = JSON.parse(input.value);
+    else if (input.type === "checkbox") value = input.checked;
+    else if (input.type === "number") value = input.value === "" ? undefined : Number(input.value);
+    else if (input.dataset.json !== undefined) {
+      try { value = JSON.parse(input.value); } catch { errors.push(`${name}: not valid JSON`); error.textContent = "not valid JSON"; continue; }
+    } else value = input.value;
+    if (input.validity && !input.validity.valid) {
+      error.textContent = input.validationMessage;
+      errors.push(`${name}: ${input.validationMessage}`);
+    } else if (prop.type === "integer" && value !== undefined && !Number.isInteger(value)) {
+      error.textContent = "a whole number";
+      errors.push(`${name}: a whole number`);
+    }
+    if (value === undefined) delete payload[name];
+    else payload[name] = value;
+  }
+  if (errors.length) throw new Error(errors.join("; "));
+  return payload;
+}
+
+function renderDiff() {
+  const approval = state.approvals.get(state.open.id), diff = $("#diff");
+  let edited;
+  try { edited = editedPayload(); } catch (error) { diff.replaceChildren(h("p", {class: "error"}, error.message)); return; }
+  const keys = new Set([...Object.keys(approval.payload), ...Object.keys(edited)]);
+  const changes = [...keys].filter((k) => JSON.stringify(approval.payload[k]) !== JSON.stringify(edited[k]));
+  diff.replaceChildren(changes.length
+    ? h("ul", {}, changes.map((k) => h("li", {}, h("b", {}, k), ": ",
+      h("del", {}, JSON.stringify(approval.payload[k]) ?? "—"), " → ", h("ins", {}, JSON.stringify(edited[k]) ?? "—"))))
+    : h("p", {class: "hint"}, "No edits yet."));
+}
+
+async function decide(decision) {
+  if (!state.open || state.open.kind !== "approval" || !boot.may_act) return;
+  const body = {decision, comment: $("#comment").value};
+  if (decision === "edit") {
+    try { body.payload = editedPayload(); } catch (error) { toast(`Your edit: ${error.message}`, "error"); return; }
+  }
+  const id = state.open.id;
+  const done = await act(decision === "reject" ? "Reject" : "Approve", () => api("POST", `approvals/${id}/decision/`, body));
+  if (done) { state.approvals.delete(id); showDecided(id, done.status, boot.me); renderList(); }
+}
+
+function showDecided(id, status, by) {
+  if (!state.open || state.open.id !== id) return;
+  const el = $("#decided");
+  el.hidden = false;
+  el.textContent = `Decided: ${status}${by ? ` by ${by}` : ""}.`;
+  for (const button of document.querySelectorAll(".approval .actions button")) button.disabled = true;
+}
+
+// ---------- live: the socket ----------
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws/console/?after=${state.seq}`);
+  state.socket = socket;
+  socket.onopen = () => {
+    $("#live").textContent = "live";
+    $("#live").className = "live on";
+    connect.backoff = 500;
+    if (state.open && state.open.kind === "ticket") { watch(); presence({ticket: state.open.id, typing: false}); }
+  };
+  socket.onmessage = (message) => receive(JSON.parse(message.data));
+  socket.onclose = (event) => {
+    $("#live").textContent = "reconnecting…";
+    $("#live").className = "live off";
+    if (event.code === 4403) { location.reload(); return; }  // signed out or no longer a member: sign in again
+    setTimeout(connect, connect.backoff = Math.min((connect.backoff || 500) * 2, 10000));
+  };
+}
+
+function send(message) {
+  if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(message));
+}
+
+function watch() {
+  const ticket = state.open.ticket;
+  send({watch: {conversation: ticket.conversation, run: ticket.run, after: state.runSeq}});
+}
+
+function presence(value) {
+  send({presence: value});
+}
+
+function receive(message) {
+  if (message.kind === "desk") applyDesk(message);
+  else if (message.kind === "run" && state.open && state.open.ticket && message.run === state.open.ticket.run) renderRunEvent(message);
+  else if (message.kind === "messages" && state.open && state.open.ticket && message.conversation === state.open.ticket.conversation) renderMessages(message.messages);
+  else if (message.kind === "presence") {
+    if (message.all) state.presence = message.all;
+    else if (message.state) state.presence[message.channel] = message.state;
+    else delete state.presence[message.channel];
+    renderPresence();
+  } else if (message.kind === "error") toast(message.detail, "error");
+}
+
+function applyDesk(event) {
+  if (event.seq <= state.seq) return;  // seen already (the page's first state, or before a reconnect)
+  state.seq = event.seq;
+  const data = event.data;
+  if (event.type.startsWith("ticket.")) {
+    if (data.status === "closed") state.tickets.delete(data.id);
+    else state.tickets.set(data.id, data);
+    if (state.open && state.open.id === data.id) renderHolder();
+    if (event.type === "ticket.claimed" && data.assignee !== boot.me && state.open && state.open.id === data.id) {
+      toast(`${data.assignee} claimed this ticket`);
+    }
+  } else if (event.type === "approval.requested") {
+    state.approvals.set(data.id, data);
+  } else if (event.type === "approval.decided") {
+    state.approvals.delete(data.id);
+    showDecided(data.id, data.status, data.by);
+  }
+  renderList();
+}
+
+function renderPresence() {
+  const users = [...new Set(Object.values(state.presence).map((p) => p.user))].sort();
+  $("#online").replaceChildren(...users.map((user) => h("span", {class: "dot", title: `${user} is online`}, user)));
+  renderList();
+  renderTyping();
+}
+
+// ---------- the keyboard ----------
+
+function toggleHelp(show) {
+  $("#help").hidden = show === undefined ? !$("#help").hidden : !show;
+}
+
+const keys = {
+  j: () => move(1), ArrowDown: () => move(1), k: () => move(-1), ArrowUp: () => move(-1),
+  Enter: openSelected, 1: () => switchTab("queue"), 2: () => switchTab("approvals"),
+  c: claim, t: returnToAi, a: () => decide("approve"), e: () => decide("edit"), x: () => decide("reject"),
+  r: () => { const reply = $("#reply"); if (reply && !reply.disabled) reply.focus(); },
+  n: () => { const note = $("#note"); if (note) note.focus(); },
+  "?": () => toggleHelp(),
+};
+
+document.addEventListener("keydown", (event) => {
+  const field = event.target.closest("input, textarea, select");
+  if (event.key === "Escape") { toggleHelp(false); if (field) field.blur(); return; }
+  if (field) {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      if (field.id === "reply") sendReply();
+      else if (field.id === "note") addNote();
+    }
+    return;
+  }
+  if (event.ctrlKey || event.metaKey || event.altKey || !keys[event.key]) return;
+  event.preventDefault();
+  keys[event.key]();
+});
+
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("[data-action], [data-tab]");
+  if (!button) return;
+  if (button.dataset.tab) switchTab(button.dataset.tab);
+  else ({help: () => toggleHelp(), claim, return: returnToAi, approve: () => decide("approve"),
+    edit: () => decide("edit"), reject: () => decide("reject")})[button.dataset.action]();
+});
+
+for (const id of ["#f-workflow", "#f-reason", "#f-mine"]) $(id).addEventListener("input", renderList);
+setInterval(() => {  // the SLA clocks
+  for (const el of document.querySelectorAll("[data-since]")) el.textContent = since(el.dataset.since);
+}, 1000);
+
+renderList();
+connect();

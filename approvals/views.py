@@ -1,0 +1,32 @@
+"""The human agents' console: one page for the handover queue, the conversations and the approvals inbox.
+It reads and acts through the API (as the signed-in member, CSRF-checked) and hears changes on its
+WebSocket (approvals/consumers.py); this view only hands it the first state and the desk seq it reflects."""
+
+from django.conf import settings
+from django.shortcuts import render
+
+from accounts.models import Membership, Role
+from accounts.views import member_required
+
+from . import services
+from .models import ApprovalRequest, HandoverTicket
+
+
+@member_required
+def console(request):
+    member = request.member
+    seq = services.desk_seq(tenant_id=member.tenant_id)  # first: events after it are applied on top, idempotently
+    tickets = HandoverTicket.objects.filter(tenant_id=member.tenant_id).exclude(
+        status=HandoverTicket.Status.CLOSED).select_related("assignee", "conversation__workflow").order_by("created_at")
+    approvals = ApprovalRequest.objects.filter(tenant_id=member.tenant_id, status=ApprovalRequest.Status.PENDING)
+    return render(request, "console/console.html", {
+        "member": member,
+        "tenants": Membership.objects.filter(user=request.user).select_related("tenant").order_by("tenant__slug"),
+        "boot": {
+            "seq": seq, "me": request.user.get_username(), "role": member.role,
+            "may_act": member.role != Role.VIEWER, "lease_s": settings.HIL_CLAIM_LEASE_S,
+            "tickets": [services.ticket_card(t) for t in tickets],
+            "approvals": [services.approval_card(a) for a in approvals],
+            "canned": [{"title": c.title, "text": c.text} for c in services.canned_replies(tenant_id=member.tenant_id)],
+        },
+    })
