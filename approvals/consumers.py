@@ -54,9 +54,9 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         self.presence = {"user": self.username, "ticket": None, "typing": False}
         await self.accept()
         await self.channel_layer.group_add(self.group, self.channel_name)
-        self.tasks = [asyncio.create_task(self._follow_desk()), asyncio.create_task(self._keep_alive())]
         await self._presence_publish()
         await self.send_json({"kind": "presence", "all": await self._presence_all()})
+        self.tasks = [asyncio.create_task(self._follow_desk()), asyncio.create_task(self._keep_alive())]
 
     async def disconnect(self, code):
         if getattr(self, "tasks", None) is None:

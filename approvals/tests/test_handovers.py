@@ -1,9 +1,15 @@
 """Handovers: a human agent claims the conversation, replies, and returns it to the AI."""
 
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
 import pytest
+from django.db import connection, transaction
+from django.utils import timezone
 
 from accounts.models import AuditEntry
-from approvals.models import HandoverTicket
+from approvals.models import CannedReply, HandoverTicket
+from approvals.services import desk_after, desk_append, tickets_release_expired, tickets_renew
 from workflows.models import Conversation, Message, Run
 from workflows.tests.specs import HANDS
 
@@ -147,3 +153,80 @@ def test_a_viewer_cannot_claim(tenant, member, client_for, ticket):
     assert act(viewer, ticket, "claim").status_code == 403
     ticket.refresh_from_db()
     assert ticket.status == "open"
+
+
+# --- the console's desk events, leased claims, notes ------------------------------------------------
+
+
+def desk(tenant) -> list[tuple[int, str, str | None]]:
+    return [(e["seq"], e["type"], e["data"].get("assignee")) for e in desk_after(tenant_id=tenant.id, after=0)]
+
+
+def test_each_change_of_a_ticket_is_a_desk_event_numbered_in_order(tenant, alice, ticket):
+    act(alice, ticket, "claim")
+    act(alice, ticket, "return-to-ai")
+    assert desk(tenant) == [(1, "ticket.opened", None), (2, "ticket.claimed", "alice"), (3, "ticket.closed", "alice")]
+    assert desk_after(tenant_id=tenant.id, after=2)[0]["data"]["status"] == "closed"
+
+
+def test_another_tenant_s_desk_is_its_own(tenant, other_tenant, ticket, converse, drive):
+    _, run = converse(other_tenant, HANDS)
+    drive(run)
+    assert [seq for seq, *_ in desk(tenant)] == [1] and [seq for seq, *_ in desk(other_tenant)] == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_desk_events_get_every_number_once(tenant):
+    def append(i):
+        with transaction.atomic():
+            desk_append(tenant_id=tenant.id, type_="test", data={"i": i})
+        connection.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(append, range(40)))
+    assert sorted(e["seq"] for e in desk_after(tenant_id=tenant.id, after=0)) == list(range(1, 41))
+
+
+def test_a_console_claim_holds_while_renewed_and_goes_back_to_the_queue_after(alice, ticket, settings):
+    body = act(alice, ticket, "claim", {"lease": True}).json()
+    assert body["lease_expires_at"] is not None
+    assert tickets_release_expired() == 0  # not expired yet
+
+    HandoverTicket.objects.filter(pk=ticket.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert tickets_renew(tenant_id=ticket.tenant_id, user_id=ticket_holder(ticket)) == 1  # the console is open
+    assert tickets_release_expired() == 0
+
+    HandoverTicket.objects.filter(pk=ticket.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert tickets_release_expired() == 1  # the console closed: nobody renewed it
+    ticket.refresh_from_db()
+    assert (ticket.status, ticket.assignee, ticket.lease_expires_at) == ("open", None, None)
+    assert status_of(ticket.conversation_id) == "awaiting_human"
+    assert desk(ticket.tenant)[-1] == (3, "ticket.released", None)
+    assert act(alice, ticket, "reply", {"text": "still here?"}).status_code == 409
+
+
+def ticket_holder(ticket) -> int:
+    return HandoverTicket.objects.get(pk=ticket.pk).assignee_id
+
+
+def test_an_api_claim_has_no_lease_and_is_never_released(alice, ticket):
+    assert act(alice, ticket, "claim").json()["lease_expires_at"] is None
+    assert tickets_release_expired() == 0
+
+
+def test_notes_are_private_to_the_team_of_the_tenant(tenant, other_tenant, member, client_for, alice, ticket):
+    assert act(alice, ticket, "notes", {"text": "asked for a manager twice"}).status_code == 201
+    notes = alice.get(f"/api/v1/handovers/{ticket.id}/notes/").json()["results"]
+    assert [(n["author"], n["text"]) for n in notes] == [("alice", "asked for a manager twice")]
+    assert not Message.objects.filter(text__contains="manager").exists()
+    viewer = client_for(member(tenant, role="viewer")[1])
+    assert act(viewer, ticket, "notes", {"text": "x"}).status_code == 403
+    stranger = client_for(member(other_tenant)[1])
+    assert stranger.get(f"/api/v1/handovers/{ticket.id}/notes/").status_code == 404
+    assert act(alice, ticket, "notes", {"text": 5}).status_code == 400
+
+
+def test_canned_replies_are_the_tenant_s_own(tenant, other_tenant, alice):
+    CannedReply.objects.create(tenant=tenant, title="Hello", text="Hi there")
+    CannedReply.objects.create(tenant=other_tenant, title="Secret", text="globex only")
+    assert [c["title"] for c in alice.get("/api/v1/canned-replies/").json()["results"]] == ["Hello"]

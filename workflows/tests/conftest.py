@@ -17,7 +17,7 @@ from hil_project.celery import app as celery_app
 # Short leases and quick sweeps, so that tests see a dead worker's run taken over within seconds.
 WORKER_ENV = {"HIL_DEBUG": "1", "HIL_AGENT_MODULES": "workflows.tests.agents", "HIL_LEASE_S": "3",
               "HIL_RESEND_AFTER_S": "1", "HIL_SWEEP_INTERVAL_S": "0.5", "HIL_STEP_GRACE_S": "1", "HIL_MAX_CLAIMS": "2",
-              "HIL_LOG_LEVEL": "INFO"}
+              "HIL_CLAIM_LEASE_S": "3", "HIL_LOG_LEVEL": "INFO"}
 
 
 def process_env() -> dict[str, str]:

@@ -506,6 +506,7 @@ const keys = {
   c: claim, t: returnToAi, a: () => decide("approve"), e: () => decide("edit"), x: () => decide("reject"),
   r: () => { const reply = $("#reply"); if (reply && !reply.disabled) reply.focus(); },
   n: () => { const note = $("#note"); if (note) note.focus(); },
+  f: () => { const field = $("#edit-form input, #edit-form select, #edit-form textarea"); if (field) field.focus(); },
   "?": () => toggleHelp(),
 };
 

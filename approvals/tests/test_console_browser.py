@@ -1,0 +1,172 @@
+"""The console in a real browser (Debian's chromium driven by Playwright) against Daphne and a real worker:
+sign in with a TOTP code, tickets and approvals live, a claim race, reply, return to AI, an approval
+decided with an edit, a closed tab's claim released, and a reconnect that loses no event."""
+
+import os
+import textwrap
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from accounts.models import Role
+from accounts.services import membership_set, totp_demo_device, totp_secret, user_ensure
+from accounts.totp import totp_code
+from approvals.models import ApprovalRequest, DeskSeq, HandoverTicket
+from approvals.tests.test_approvals import GATE
+from workflows import services
+from workflows.models import Message
+from workflows.tests.conftest import daphne, start_worker, wait  # noqa: F401  (fixtures)
+from workflows.tests.specs import HANDS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+CHROMIUM = "/usr/bin/chromium"  # Debian's, which `make test` installs; Playwright downloads no browser
+PASSWORD = "console-password"
+expect.set_options(timeout=30_000)  # a busy machine is slow, not wrong
+SHOTS = os.environ.get("HIL_SCREENSHOTS")  # a folder to keep screenshots of the queue, a conversation, an approval
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are still sync ones.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def console(daphne, browser, tenant):  # noqa: F811
+    """console(username) -> a page of a new browser context, signed in with password and TOTP code."""
+
+    def sign_in(username):
+        user = user_ensure(username=username, password=PASSWORD)
+        membership_set(tenant=tenant, user=user, role=Role.AGENT)
+        secret = totp_secret(totp_demo_device(user=user))
+        page = browser.new_context(viewport={"width": 1360, "height": 820}).new_page()
+        page.goto(f"{daphne.url}/console/")
+        page.fill("input[name=username]", username)
+        page.fill("input[name=password]", PASSWORD)
+        page.press("input[name=password]", "Enter")
+        page.fill("input[name=code]", totp_code(secret))
+        page.press("input[name=code]", "Enter")
+        expect(page.locator("#live")).to_have_text("live")
+        return page
+
+    return sign_in
+
+
+def customer_says(tenant, spec, text, slug):
+    workflow = services.workflow_create(tenant=tenant, slug=slug)
+    version = services.workflow_version_create(workflow=workflow, spec_yaml=textwrap.dedent(spec))
+    services.workflow_version_publish(version=version)
+    conversation = services.conversation_start(tenant=tenant, workflow_slug=slug)
+    services.message_post(conversation=conversation, text=text, turn_id="t1")
+    return conversation
+
+
+def shot(page, name):
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, f"{name}.png"))
+
+
+def test_two_agents_work_a_handover_and_an_approval_live_with_the_keyboard(console, tenant, start_worker, wait):  # noqa: F811
+    start_worker()
+    alice, bob = console("alice"), console("bob")
+
+    conversation = customer_says(tenant, HANDS, "I need a person", "support")
+    for page in (alice, bob):  # appears without a reload
+        expect(page.locator("#list .row")).to_have_count(1)
+        expect(page.locator("#list .row .badge")).to_have_text("open")
+    shot(alice, "queue")
+
+    # Both open it; Alice claims first, and Bob is told who has it.
+    for page in (alice, bob):
+        page.keyboard.press("Enter")
+        expect(page.locator("#claim")).to_be_enabled()
+    alice.keyboard.press("c")
+    expect(alice.locator("#holder")).to_have_text("You have it")
+    bob.keyboard.press("c")
+    expect(bob.locator("#holder")).to_have_text("alice has it")
+    expect(bob.locator("#claim")).to_be_disabled()
+    ticket = HandoverTicket.objects.get(conversation=conversation)
+    assert ticket.assignee.username == "alice" and ticket.lease_expires_at is not None
+
+    # Alice replies from the keyboard (the claim put her in the reply box); Bob sees her typing, then the reply.
+    alice.keyboard.type("Hi, Alice here. How can I help?")
+    expect(bob.locator("#typing")).to_have_text("alice is typing…")
+    alice.keyboard.press("Control+Enter")
+    expect(alice.locator(".msg.human p")).to_have_text("Hi, Alice here. How can I help?")
+    expect(bob.locator(".msg.human")).to_have_count(1)
+    assert Message.objects.get(conversation=conversation, role="human").text == "Hi, Alice here. How can I help?"
+    expect(alice.locator("#reply")).to_be_focused()  # live updates never take the focus away
+    shot(alice, "conversation")
+
+    alice.keyboard.press("Escape")
+    alice.keyboard.press("t")  # return to AI: gone from every queue
+    for page in (alice, bob):
+        expect(page.locator("#list .row")).to_have_count(0)
+    wait(lambda: HandoverTicket.objects.get(pk=ticket.pk).status == "closed", what="the ticket closed")
+
+    # An approval, decided with an edit that the form checks against the node's schema.
+    customer_says(tenant, GATE, "refund please", "refunds")
+    for page in (alice, bob):
+        page.keyboard.press("2")
+        expect(page.locator("#list .row")).to_have_count(1)
+        page.keyboard.press("Enter")
+    alice.keyboard.press("f")
+    alice.keyboard.press("Control+a")
+    alice.keyboard.type("75")  # over the schema's maximum of 50
+    expect(alice.locator("#diff")).to_contain_text("amount")
+    alice.keyboard.press("Escape")
+    alice.keyboard.press("e")
+    expect(alice.locator("#toast")).to_contain_text("Your edit")
+    assert ApprovalRequest.objects.get().status == "pending"
+    alice.keyboard.press("f")
+    alice.keyboard.press("Control+a")
+    alice.keyboard.type("15")
+    expect(alice.locator("#diff")).to_have_text("amount: 20 → 15")
+    shot(alice, "approval")
+    alice.keyboard.press("Escape")
+    alice.keyboard.press("e")
+    for page in (alice, bob):  # removed at once everywhere
+        expect(page.locator("#list .row")).to_have_count(0)
+    expect(bob.locator("#decided")).to_have_text("Decided: edited by alice.")
+    approval = ApprovalRequest.objects.get()
+    assert (approval.status, approval.decided_payload, approval.decided_by.username) == ("edited", {"amount": 15}, "alice")
+    wait(lambda: Message.objects.filter(role="ai", text="paid 15").exists(), what="the run answered with the edit")
+
+
+def test_a_closed_tab_gives_its_claim_back_to_the_queue(console, tenant, start_worker):  # noqa: F811
+    start_worker()
+    alice, bob = console("alice"), console("bob")
+    customer_says(tenant, HANDS, "I need a person", "support")
+    expect(alice.locator("#list .row")).to_have_count(1)
+    alice.keyboard.press("Enter")
+    expect(alice.locator("#claim")).to_be_enabled()
+    alice.keyboard.press("c")
+    expect(bob.locator("#list .badge")).to_have_text("alice has it")
+    alice.context.close()  # no console renews the lease any more; the worker's sweep releases it
+    expect(bob.locator("#list .badge")).to_have_text("open")
+    assert HandoverTicket.objects.get().status == "open"
+
+
+def test_a_reconnecting_console_gets_every_event_it_missed_once(console, tenant, start_worker, wait):  # noqa: F811
+    start_worker()
+    alice = console("alice")
+    alice.evaluate("""() => {
+        window.seen = [];
+        const apply = applyDesk;
+        applyDesk = (event) => { window.seen.push(event.seq); apply(event); };
+        state.socket.onclose = null;  // stay away until told
+        state.socket.close();
+    }""")
+    alice.wait_for_function("state.socket.readyState === WebSocket.CLOSED")
+    for n in range(3):
+        customer_says(tenant, HANDS, f"person please {n}", f"support-{n}")
+    wait(lambda: DeskSeq.objects.filter(tenant=tenant, last_seq=3).exists(), what="three tickets opened")
+    alice.evaluate("connect()")
+    expect(alice.locator("#list .row")).to_have_count(3)
+    customer_says(tenant, HANDS, "and one more", "support-live")
+    expect(alice.locator("#list .row")).to_have_count(4)
+    assert alice.evaluate("window.seen") == [1, 2, 3, 4]

@@ -1,0 +1,168 @@
+"""The console's WebSocket: signed in by a verified session, scoped to its tenant, resumable by desk seq."""
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.db import connections
+from django.test import Client
+
+from accounts.models import Membership, Role
+from accounts.services import membership_set, user_ensure
+from approvals.models import HandoverTicket
+from conftest import verified_login
+from hil_project.asgi import application
+from workflows import doorbells
+from workflows.tests.specs import HANDS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+async def close_thread_connections():
+    yield
+    await sync_to_async(connections.close_all)()
+    await sync_to_async(doorbells.db_reads_close)()
+
+
+def session_cookie(user, *, verified=True) -> str:
+    client = Client()
+    if verified:
+        verified_login(client, user)
+    else:
+        client.force_login(user)  # past the password, not the second factor
+    return client.cookies["sessionid"].value
+
+
+def console(cookie: str | None, after=0, origin=b"http://testserver"):
+    headers = [(b"origin", origin)] + ([(b"cookie", f"sessionid={cookie}".encode())] if cookie else [])
+    return WebsocketCommunicator(application, f"/ws/console/?after={after}", headers=headers)
+
+
+def person(tenant, name, role=Role.AGENT):
+    user = user_ensure(username=name)
+    membership_set(tenant=tenant, user=user, role=role)
+    return user
+
+
+async def connected(ws) -> WebsocketCommunicator:
+    ok, _ = await ws.connect()
+    assert ok
+    first = await ws.receive_json_from(timeout=10)
+    assert first["kind"] == "presence" and "all" in first
+    return ws
+
+
+async def desk_events(ws, n: int) -> list[tuple[int, str]]:
+    got = []
+    while len(got) < n:
+        message = await ws.receive_json_from(timeout=10)
+        if message["kind"] == "desk":
+            got.append((message["seq"], message["type"]))
+    return got
+
+
+@pytest.fixture
+def hand_over(converse, drive):
+    """hand_over(tenant, text) -> a ticket opened by a run that handed its conversation over."""
+
+    def make(tenant, text="hi"):
+        _, run = converse(tenant, HANDS, text=text)
+        drive(run)
+        return HandoverTicket.objects.get(run=run)
+
+    return sync_to_async(make)
+
+
+@pytest.mark.parametrize("how", ["anonymous", "password only", "no member", "other site"])
+async def test_the_socket_is_refused_without_a_verified_member_session(tenant, how):
+    alice = await sync_to_async(person)(tenant, "alice")
+    if how == "anonymous":
+        ws = console(None)
+    elif how == "password only":
+        ws = console(await sync_to_async(session_cookie)(alice, verified=False))
+    elif how == "no member":
+        ws = console(await sync_to_async(session_cookie)(await sync_to_async(user_ensure)(username="stranger")))
+    else:  # a page of another site opening a socket with the member's cookie
+        ws = console(await sync_to_async(session_cookie)(alice), origin=b"https://evil.example")
+    ok, code = await ws.connect()
+    assert not ok and code in (4403, 1000)  # 1000: the origin check closes before any consumer runs
+    if how != "other site":
+        assert code == 4403
+
+
+async def test_desk_events_arrive_live_and_a_reconnect_resumes_without_gap_or_duplicate(tenant, hand_over):
+    alice = await sync_to_async(person)(tenant, "alice")
+    cookie = await sync_to_async(session_cookie)(alice)
+    ws = await connected(console(cookie))
+    await hand_over(tenant, "first")
+    assert await desk_events(ws, 1) == [(1, "ticket.opened")]
+    await ws.disconnect()
+
+    await hand_over(tenant, "second")  # while the console is away
+    await hand_over(tenant, "third")
+    ws = await connected(console(cookie, after=1))
+    assert await desk_events(ws, 2) == [(2, "ticket.opened"), (3, "ticket.opened")]
+    await hand_over(tenant, "fourth")
+    assert await desk_events(ws, 1) == [(4, "ticket.opened")]
+    assert await ws.receive_nothing(timeout=0.3)
+    await ws.send_json_to({"after": 2})  # asked again: exactly what came after
+    assert await desk_events(ws, 2) == [(3, "ticket.opened"), (4, "ticket.opened")]
+    await ws.disconnect()
+
+
+async def test_another_tenant_hears_nothing_and_cannot_watch_this_tenant_s_conversations(
+        tenant, other_tenant, hand_over):
+    alice = await sync_to_async(person)(tenant, "alice")
+    mallory = await sync_to_async(person)(other_tenant, "mallory")
+    ws = await connected(console(await sync_to_async(session_cookie)(mallory)))
+    ticket = await hand_over(tenant)
+    await ws.send_json_to({"watch": {"conversation": str(ticket.conversation_id), "run": str(ticket.run_id)}})
+    refused = await ws.receive_json_from(timeout=10)
+    assert refused == {"kind": "error", "detail": "no such conversation or run in this tenant"}
+    assert await ws.receive_nothing(timeout=0.5)  # not the ticket.opened of acme's desk
+    await ws.disconnect()
+
+    ours = await connected(console(await sync_to_async(session_cookie)(alice)))
+    await ours.send_json_to({"watch": {"conversation": str(ticket.conversation_id), "run": str(ticket.run_id)}})
+    kinds = set()
+    while not {"run", "messages"} <= kinds:
+        kinds.add((await ours.receive_json_from(timeout=10))["kind"])
+    await ours.disconnect()
+
+
+@pytest.mark.parametrize("message", [
+    "not json", [], {"after": -1}, {"after": True}, {"decide": "approve"}, {"watch": {"conversation": "x"}},
+    {"presence": {"ticket": 5}}, {"after": 1, "watch": {}},
+])
+async def test_a_forged_message_is_refused_and_changes_nothing(tenant, message):
+    alice = await sync_to_async(person)(tenant, "alice")
+    ws = await connected(console(await sync_to_async(session_cookie)(alice)))
+    if isinstance(message, str):
+        await ws.send_to(text_data=message)
+    else:
+        await ws.send_json_to(message)
+    assert (await ws.receive_json_from(timeout=10))["kind"] == "error"
+    await ws.disconnect()
+
+
+async def test_a_member_removed_while_connected_is_closed_at_the_next_message(tenant):
+    alice = await sync_to_async(person)(tenant, "alice")
+    ws = await connected(console(await sync_to_async(session_cookie)(alice)))
+    await sync_to_async(Membership.objects.filter(user=alice).delete)()
+    await ws.send_json_to({"after": 0})
+    assert (await ws.receive_output(timeout=10))["type"] == "websocket.close"
+
+
+async def test_presence_shows_who_looks_at_a_ticket_and_who_types(tenant):
+    alice, bob = [await sync_to_async(person)(tenant, name) for name in ("alice", "bob")]
+    a = await connected(console(await sync_to_async(session_cookie)(alice)))
+    b = await connected(console(await sync_to_async(session_cookie)(bob)))
+    joined = await a.receive_json_from(timeout=10)
+    assert joined["kind"] == "presence" and joined["state"]["user"] == "bob"
+    await b.send_json_to({"presence": {"ticket": "t-1", "typing": True}})
+    seen = await a.receive_json_from(timeout=10)
+    assert seen["state"] == {"user": "bob", "ticket": "t-1", "typing": True}
+    await b.disconnect()
+    left = await a.receive_json_from(timeout=10)
+    assert left["state"] is None and left["channel"] == seen["channel"]
+    await a.disconnect()
