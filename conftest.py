@@ -38,6 +38,12 @@ def verified_login(client, user):
 
 
 @pytest.fixture
+def admin_client(client, admin_user):
+    """pytest-django's superuser client, past the second factor as the admin requires."""
+    return verified_login(client, admin_user)
+
+
+@pytest.fixture
 def tenant(db):
     return Tenant.objects.create(slug="acme", name="Acme")
 

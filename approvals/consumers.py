@@ -73,13 +73,17 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     async def _follow_desk(self):
         async with doorbells.listen(self.tenant_id, services.DESK) as bell:
-            while True:  # listening before the first read, so that no event falls between the two
-                await self._send_desk()
-                await bell.wait(doorbells.REDIS_CHECK_S)
+            since = time.monotonic()  # listening before the first read, so that no event falls between the two
+            while True:
+                await self._send_desk(since)
+                rang = await bell.wait(doorbells.REDIS_CHECK_S)
+                while not rang and not doorbells.redis_lost():  # without Redis, read the database every second
+                    rang = await bell.wait(doorbells.REDIS_CHECK_S)
+                since = bell.rang_at if rang else time.monotonic()
 
-    async def _send_desk(self):
+    async def _send_desk(self, since: float | None = None):
         async with self.lock:
-            events = await doorbells.db_read(lambda: services.desk_after(tenant_id=self.tenant_id, after=self.sent))
+            events = await _desk_read(self.tenant_id, self.sent, time.monotonic() if since is None else since)
             for envelope in events:
                 await self.send_json({"kind": "desk", **envelope})
                 self.sent = envelope["seq"]
@@ -161,8 +165,10 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
                     await self.send_json({"kind": "messages", "conversation": str(w["conversation"].pk),
                                           "messages": messages[w["messages"]:], "from": w["messages"]})
                     w["messages"] = len(messages)
-                await asyncio.wait([asyncio.create_task(said.wait()), asyncio.create_task(done.wait())],
-                                   timeout=doorbells.REDIS_CHECK_S * 5, return_when=asyncio.FIRST_COMPLETED)
+                waits = [asyncio.create_task(said.wait()), asyncio.create_task(done.wait())]
+                await asyncio.wait(waits, timeout=doorbells.REDIS_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+                for waiting in waits:
+                    waiting.cancel()
 
     # --- presence ---
 
@@ -194,6 +200,27 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     async def presence_changed(self, event):
         if event["channel"] != self.channel_name:
             await self.send_json({"kind": "presence", "channel": event["channel"], "state": event["state"]})
+
+
+_desk_reads: dict[tuple, tuple[float, asyncio.Future]] = {}
+
+
+async def _desk_read(tenant_id: int, after: int, since: float) -> list[dict]:
+    """The tenant's desk events after `after`, read once for all the consoles of this process that wait at
+    that seq: a doorbell heard by 500 consoles is one query, not 500. Only a read that started at or
+    after `since` (when the doorbell rang) is shared: an older one may have missed the rung event."""
+    key = (asyncio.get_running_loop(), tenant_id, after)
+    entry = _desk_reads.get(key)
+    if entry is None or entry[0] < since:
+        read = asyncio.ensure_future(doorbells.db_read(lambda: services.desk_after(tenant_id=tenant_id, after=after)))
+        entry = _desk_reads[key] = (time.monotonic(), read)
+
+        def forget(_, entry=entry):
+            if _desk_reads.get(key) is entry:
+                del _desk_reads[key]
+
+        read.add_done_callback(forget)
+    return await asyncio.shield(entry[1])  # one console leaving does not cancel the others' read
 
 
 def _count(value) -> bool:

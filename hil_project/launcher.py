@@ -472,7 +472,8 @@ def cmd_run(args: list[str]) -> int:
     servers = [Supervised(name, lambda name=name: _start_again(name),
                           lambda name=name: None if alive[name]() else "is not running", running=True)
                for name in sorted(SHARED)]
-    print(f"\nHIL: log in at http://127.0.0.1:{port}/admin/ ; API schema at http://127.0.0.1:{port}/api/schema/"
+    base = f"http://127.0.0.1:{port}"
+    print(f"\nHIL: console at {base}/console/ ; admin at {base}/admin/ ; API schema at {base}/api/schema/"
           "\n     Ctrl-C stops everything.\n")
     return supervise(children, servers)
 

@@ -166,3 +166,28 @@ async def test_presence_shows_who_looks_at_a_ticket_and_who_types(tenant):
     left = await a.receive_json_from(timeout=10)
     assert left["state"] is None and left["channel"] == seen["channel"]
     await a.disconnect()
+
+
+async def test_a_viewer_s_console_cannot_decide_and_its_socket_has_no_decide(tenant, converse, drive):
+    from approvals.tests.test_approvals import GATE
+
+    viewer = await sync_to_async(person)(tenant, "vera", Role.VIEWER)
+    _, run = await sync_to_async(converse)(tenant, GATE)
+    await sync_to_async(drive)(run)
+
+    def decide_as_viewer():
+        client = verified_login(Client(enforce_csrf_checks=True), viewer)
+        client.get("/console/")  # the page sets the CSRF cookie
+        approval = run.approvals.get()
+        response = client.post(f"/api/v1/approvals/{approval.id}/decision/", {"decision": "approve"},
+                               content_type="application/json", HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+        approval.refresh_from_db()
+        return response, approval.status
+
+    response, status = await sync_to_async(decide_as_viewer)()
+    assert response.status_code == 403 and "role" in response.json()["detail"] and status == "pending"
+    ws = await connected(console(await sync_to_async(session_cookie)(viewer)))
+    assert await desk_events(ws, 1) == [(1, "approval.requested")]  # a viewer sees what waits
+    await ws.send_json_to({"decide": {"approval": "x", "decision": "approve"}})
+    assert (await ws.receive_json_from(timeout=10))["kind"] == "error"
+    await ws.disconnect()

@@ -1,18 +1,10 @@
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from workflows.models import WorkflowVersion
-from conftest import verified_login
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_client(client):
-    verified_login(client, get_user_model().objects.create_superuser("root", password="x"))
-    return client
 
 
 def test_a_run_shows_its_steps_and_events_in_order(admin_client, tenant, converse, drive):
