@@ -7,15 +7,20 @@ Server to client, each message a JSON object with a `kind`:
   seq it saw misses none and gets none twice.
 - `run`: an event of the run the client watches (`{"watch": {"run": id, "after": n}}`), same rules.
 - `messages`: the watched conversation's messages after the last sent (`{"watch": {"conversation": id}}`).
-- `presence`: who is online and what they look at or type in (`{"presence": {"ticket": id, "typing": bool}}`).
+- `presence`: `all`, who is online and what they look at or type in, by socket, whenever it changes (`{"presence": {"ticket": id, "typing": bool}}` sets this socket's).
 - `error`: a message the server refused, and why.
 
 Membership is checked on connect and again on every message: a member removed, or a session signed out,
-is closed with 4403. While the socket is open, the member's leased ticket claims are renewed."""
+is closed with 4403. While the socket is open, the member's leased ticket claims are renewed.
+
+The consoles of a tenant in one process share one doorbell subscription and one read per change (_Room)."""
 
 import asyncio
 import json
+import logging
 import time
+import uuid
+import weakref
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -25,13 +30,16 @@ from django.core.exceptions import ValidationError
 from accounts.auth import session_member
 from core import redis as core_redis
 from workflows import doorbells
-from workflows.events import conversation_stream, events_after
+from workflows.events import conversation_stream, doorbell_ring, events_after
 from workflows.models import Conversation, Message, Run
 
 from . import services
 
+log = logging.getLogger(__name__)
 CLOSE_FORBIDDEN = 4403
+PRESENCE = "presence"  # the doorbell stream that rings when someone's presence changes
 PRESENCE_TTL_S = 90  # an entry a dead process left behind drops out of the list after this
+PRESENCE_COALESCE_S = 0.1  # changes within this are sent as one list
 
 
 def _presence_key(tenant_id: int) -> str:
@@ -39,61 +47,50 @@ def _presence_key(tenant_id: int) -> str:
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
+    channel_layer_alias = None  # none: the database and the doorbells carry everything a console hears
+
     async def connect(self):
         self.member = await doorbells.db_read(session_member, self.scope["user"], self.scope["session"])
         if self.member is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.tenant_id, self.username = self.member.tenant_id, self.scope["user"].get_username()
-        self.group = f"console.t{self.tenant_id}"
         try:
             self.sent = max(0, int(parse_qs(self.scope["query_string"].decode()).get("after", ["0"])[0]))
         except ValueError:
             self.sent = 0
-        self.lock, self.watcher, self.watching = asyncio.Lock(), None, {}
+        self.lock, self.watcher, self.watching, self.socket_id = asyncio.Lock(), None, {}, uuid.uuid4().hex
         self.presence = {"user": self.username, "ticket": None, "typing": False}
         await self.accept()
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.room = await _Room.join(self)
+        await self._catch_up()
         await self._presence_publish()
-        await self.send_json({"kind": "presence", "all": await self._presence_all()})
-        self.tasks = [asyncio.create_task(self._follow_desk()), asyncio.create_task(self._keep_alive())]
 
     async def disconnect(self, code):
-        if getattr(self, "tasks", None) is None:
+        if getattr(self, "room", None) is None:
             return
-        for task in [*self.tasks, *([self.watcher] if self.watcher else [])]:
-            task.cancel()
-        await asyncio.gather(*self.tasks, *([self.watcher] if self.watcher else []), return_exceptions=True)
-        await asyncio.to_thread(core_redis.client().hdel, _presence_key(self.tenant_id), self.channel_name)
-        await self.channel_layer.group_send(self.group, {"type": "presence.changed", "channel": self.channel_name,
-                                                         "state": None})
-        await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.room.leave(self)
+        if self.watcher:
+            self.watcher.cancel()
+            await asyncio.gather(self.watcher, return_exceptions=True)
+        await asyncio.to_thread(_presence_leave, self.tenant_id, self.socket_id)
 
-    # --- the desk: the queue and the inbox ---
-
-    async def _follow_desk(self):
-        async with doorbells.listen(self.tenant_id, services.DESK) as bell:
-            since = time.monotonic()  # listening before the first read, so that no event falls between the two
-            while True:
-                await self._send_desk(since)
-                rang = await bell.wait(doorbells.REDIS_CHECK_S)
-                while not rang and not doorbells.redis_lost():  # without Redis, read the database every second
-                    rang = await bell.wait(doorbells.REDIS_CHECK_S)
-                since = bell.rang_at if rang else time.monotonic()
-
-    async def _send_desk(self, since: float | None = None):
+    async def _catch_up(self):
+        """Send every desk event after the last one sent, until none is left that the room has seen."""
         async with self.lock:
-            events = await _desk_read(self.tenant_id, self.sent, time.monotonic() if since is None else since)
-            for envelope in events:
-                await self.send_json({"kind": "desk", **envelope})
-                self.sent = envelope["seq"]
+            while True:
+                for seq, text in await doorbells.db_read(_desk_messages, self.tenant_id, self.sent):
+                    await self.send(text_data=text)
+                    self.sent = seq
+                if self.sent >= self.room.seq:
+                    return
 
-    async def _keep_alive(self):
-        """Renew the member's leased claims and their presence while the console is open."""
-        while True:
-            await doorbells.db_read(lambda: services.tickets_renew(tenant_id=self.tenant_id, user_id=self.member.user_id))
-            await self._presence_store()
-            await asyncio.sleep(settings.HIL_CLAIM_LEASE_S / 3)
+    async def deliver(self, seq: int, text: str):
+        """The room's next desk event, if it is this console's next one (else its catch-up sends it)."""
+        async with self.lock:
+            if self.sent == seq - 1:
+                await self.send(text_data=text)
+                self.sent = seq
 
     # --- messages from the client ---
 
@@ -115,7 +112,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         if verb == "after" and _count(value):
             async with self.lock:
                 self.sent = value
-            await self._send_desk()
+            await self._catch_up()
         elif verb == "watch" and isinstance(value, dict):
             await self._watch(value)
         elif verb == "presence" and isinstance(value, dict):
@@ -179,48 +176,109 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         self.presence = {"user": self.username, "ticket": ticket, "typing": typing}
         await self._presence_publish()
 
-    async def _presence_store(self):
-        entry = json.dumps({**self.presence, "ts": time.time()})
-        await asyncio.to_thread(core_redis.client().hset, _presence_key(self.tenant_id), self.channel_name, entry)
-
     async def _presence_publish(self):
-        await self._presence_store()
-        await self.channel_layer.group_send(self.group, {"type": "presence.changed", "channel": self.channel_name,
-                                                         "state": self.presence})
-
-    async def _presence_all(self) -> dict:
-        entries = await asyncio.to_thread(core_redis.client().hgetall, _presence_key(self.tenant_id))
-        now, alive = time.time(), {}
-        for channel, raw in entries.items():
-            state = json.loads(raw)
-            if now - state.pop("ts") < PRESENCE_TTL_S:
-                alive[channel.decode()] = state
-        return alive
-
-    async def presence_changed(self, event):
-        if event["channel"] != self.channel_name:
-            await self.send_json({"kind": "presence", "channel": event["channel"], "state": event["state"]})
+        await asyncio.to_thread(_presence_store, self.tenant_id, {self.socket_id: self.presence}, ring=True)
 
 
-_desk_reads: dict[tuple, tuple[float, asyncio.Future]] = {}
+async def _forever(work) -> None:
+    """Run `work()` again a second after it fails (the database or Redis away): consoles keep hearing."""
+    while True:
+        try:
+            await work()
+        except Exception:
+            log.exception("console room: %s failed; again in 1 s", work.__name__)
+            await asyncio.sleep(1)
 
 
-async def _desk_read(tenant_id: int, after: int, since: float) -> list[dict]:
-    """The tenant's desk events after `after`, read once for all the consoles of this process that wait at
-    that seq: a doorbell heard by 500 consoles is one query, not 500. Only a read that started at or
-    after `since` (when the doorbell rang) is shared: an older one may have missed the rung event."""
-    key = (asyncio.get_running_loop(), tenant_id, after)
-    entry = _desk_reads.get(key)
-    if entry is None or entry[0] < since:
-        read = asyncio.ensure_future(doorbells.db_read(lambda: services.desk_after(tenant_id=tenant_id, after=after)))
-        entry = _desk_reads[key] = (time.monotonic(), read)
+def _presence_store(tenant_id: int, states: dict[str, dict], *, ring: bool) -> None:
+    now = time.time()
+    core_redis.client().hset(_presence_key(tenant_id), mapping={
+        channel: json.dumps({**state, "ts": now}) for channel, state in states.items()})
+    if ring:
+        doorbell_ring(tenant_id, PRESENCE)
 
-        def forget(_, entry=entry):
-            if _desk_reads.get(key) is entry:
-                del _desk_reads[key]
 
-        read.add_done_callback(forget)
-    return await asyncio.shield(entry[1])  # one console leaving does not cancel the others' read
+def _presence_leave(tenant_id: int, channel: str) -> None:
+    core_redis.client().hdel(_presence_key(tenant_id), channel)
+    doorbell_ring(tenant_id, PRESENCE)
+
+
+def _presence_all(tenant_id: int) -> str:
+    """The `presence` message: everyone online, by socket (encoded once, for every console)."""
+    now, alive = time.time(), {}
+    for socket_id, raw in sorted(core_redis.client().hgetall(_presence_key(tenant_id)).items()):
+        state = json.loads(raw)
+        if now - state.pop("ts") < PRESENCE_TTL_S:
+            alive[socket_id.decode()] = state
+    return json.dumps({"kind": "presence", "all": alive})
+
+
+class _Room:
+    """The consoles of one tenant in this process, and what they share: one doorbell subscription and one
+    database read per desk event for all of them (each console then gets the same encoded message), one
+    read of the presence list when it changes, and one renewal, every third of a lease, of the leased
+    claims and presence entries of all of them."""
+
+    rooms: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Room]]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, tenant_id: int):
+        self.tenant_id, self.consoles, self.seq = tenant_id, set(), 0
+        self.ready = asyncio.Event()
+        self.tasks = [asyncio.create_task(_forever(f)) for f in (self._desk, self._presence, self._renew)]
+
+    @classmethod
+    async def join(cls, console: ConsoleConsumer) -> "_Room":
+        rooms = cls.rooms.setdefault(asyncio.get_running_loop(), {})
+        room = rooms.get(console.tenant_id) or rooms.setdefault(console.tenant_id, cls(console.tenant_id))
+        room.consoles.add(console)
+        await room.ready.wait()  # listening: what commits from now on rings
+        return room
+
+    async def leave(self, console: ConsoleConsumer) -> None:
+        self.consoles.discard(console)
+        if not self.consoles and self.rooms.get(asyncio.get_running_loop(), {}).get(self.tenant_id) is self:
+            del self.rooms[asyncio.get_running_loop()][self.tenant_id]
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _desk(self):
+        async with doorbells.listen(self.tenant_id, services.DESK) as bell:
+            self.seq = await doorbells.db_read(lambda: services.desk_seq(tenant_id=self.tenant_id))
+            self.ready.set()
+            while True:
+                rang = await bell.wait(doorbells.REDIS_CHECK_S)
+                if not rang and not doorbells.redis_lost():
+                    continue  # (without Redis, read the database every second)
+                for seq, text in await doorbells.db_read(_desk_messages, self.tenant_id, self.seq):
+                    self.seq = seq
+                    for console in list(self.consoles):
+                        await console.deliver(seq, text)
+
+    async def _presence(self):
+        last = None
+        async with doorbells.listen(self.tenant_id, PRESENCE) as bell:
+            while True:
+                await bell.wait()
+                await asyncio.sleep(PRESENCE_COALESCE_S)  # the changes that come with it: one list for all
+                text = await asyncio.to_thread(_presence_all, self.tenant_id)
+                if text != last:
+                    for console in list(self.consoles):
+                        await console.send(text_data=text)
+                    last = text
+
+    async def _renew(self):
+        while True:
+            await asyncio.sleep(settings.HIL_CLAIM_LEASE_S / 3)
+            holders = {(self.tenant_id, c.member.user_id) for c in self.consoles}
+            await doorbells.db_read(lambda: services.tickets_renew(holders=holders))
+            await asyncio.to_thread(_presence_store, self.tenant_id, {c.socket_id: c.presence for c in self.consoles},
+                                    ring=False)
+
+
+def _desk_messages(tenant_id: int, after: int) -> list[tuple[int, str]]:
+    """The `desk` messages after `after`, encoded once for every console waiting there."""
+    return [(e["seq"], json.dumps({"kind": "desk", **e})) for e in services.desk_after(tenant_id=tenant_id, after=after)]
 
 
 def _count(value) -> bool:

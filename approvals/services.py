@@ -3,6 +3,7 @@ from datetime import timedelta
 import jsonschema
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Tenant
@@ -204,11 +205,15 @@ def ticket_claim(*, ticket: HandoverTicket, actor, lease: bool = False) -> Hando
     return ticket
 
 
-def tickets_renew(*, tenant_id: int, user_id: int) -> int:
-    """Renew the leases of the tickets a member holds from a console that is still open."""
-    return HandoverTicket.objects.filter(
-        tenant_id=tenant_id, assignee_id=user_id, status=HandoverTicket.Status.CLAIMED, lease_expires_at__isnull=False,
-    ).update(lease_expires_at=timezone.now() + timedelta(seconds=settings.HIL_CLAIM_LEASE_S))
+def tickets_renew(*, holders: set[tuple[int, int]]) -> int:
+    """Renew the leases of the tickets that members ((tenant id, user id) pairs) hold from consoles still open."""
+    if not holders:
+        return 0
+    held = Q()
+    for tenant_id, user_id in holders:
+        held |= Q(tenant_id=tenant_id, assignee_id=user_id)
+    return HandoverTicket.objects.filter(held, status=HandoverTicket.Status.CLAIMED, lease_expires_at__isnull=False).update(
+        lease_expires_at=timezone.now() + timedelta(seconds=settings.HIL_CLAIM_LEASE_S))
 
 
 def tickets_release_expired(*, limit: int = 500) -> int:

@@ -10,8 +10,8 @@ Starts Daphne (production settings) and a Celery worker on free ports and a queu
 2. handovers: posts `--handovers` customer messages that the demo workflow hands over; the worker runs
    them, and each ticket's arrival at the last of the clients is timed from the handover's commit
    (target: p95 under 100 ms);
-3. the peer: the same fan-out through Channels' own group send (channels_redis) to the same clients,
-   the path HIL's presence takes (published anchor: 26 to 38 ms).
+3. the peer: the same fan-out through Channels' own group send (channels_redis), to as many sockets of a
+   minimal Channels consumer (bench/channels_peer.py) on a Daphne of its own (published anchor: 26 to 38 ms).
 Checks that every client got every desk event once, in order. It never fails on a timing.
 """
 
@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import secrets
+import socket
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,6 @@ import django  # noqa: E402
 
 django.setup()
 
-import httpx  # noqa: E402
 import websockets  # noqa: E402
 from channels.layers import get_channel_layer  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -59,6 +59,7 @@ from django_otp import DEVICE_ID_SESSION_KEY  # noqa: E402
 from accounts.models import Role, Tenant  # noqa: E402
 from accounts.services import membership_set, totp_demo_device, user_ensure  # noqa: E402
 from approvals.services import desk_append  # noqa: E402
+from bench import channels_peer  # noqa: E402
 from hil_project.launcher import DAPHNE, _free_port  # noqa: E402
 from workflows import services  # noqa: E402
 
@@ -95,17 +96,23 @@ class Client:
         self.desk: list[tuple[int, str, float]] = []  # seq, type, ms from commit to arrival
         self.peer: list[float] = []
 
-    async def run(self, base: str, session: str, ready: asyncio.Event):
+    async def console(self, base: str, session: str, ready: asyncio.Event):
         async with websockets.connect(f"{base.replace('http', 'ws')}/ws/console/", origin=base, max_queue=None,
                                       additional_headers={"Cookie": f"sessionid={session}"}) as ws:
             ready.set()
             async for raw in ws:
+                if raw.startswith('{"kind": "presence"'):  # who is online: not timed
+                    continue
                 now, message = time.time(), json.loads(raw)
                 if message["kind"] == "desk":
                     sent = datetime.fromisoformat(message["ts"]).timestamp()
                     self.desk.append((message["seq"], message["type"], (now - sent) * 1000))
-                elif message["kind"] == "presence" and (message.get("state") or {}).get("user") == "bench-peer":
-                    self.peer.append((now - float(message["state"]["ticket"])) * 1000)
+
+    async def peer_socket(self, base: str, ready: asyncio.Event):
+        async with websockets.connect(f"{base.replace('http', 'ws')}/ws/peer/", max_queue=None) as ws:
+            ready.set()
+            async for raw in ws:
+                self.peer.append((time.time() - json.loads(raw)["t"]) * 1000)
 
 
 def desk_tick(tenant_id: int) -> None:
@@ -126,16 +133,28 @@ async def until(predicate, timeout=120):
         await asyncio.sleep(0.05)
 
 
-async def measure(args, tenant: Tenant, sessions: list[str], base: str):
-    clients = [Client() for _ in sessions]
-    readies = [asyncio.Event() for _ in sessions]
-    tasks = []
-    started = time.monotonic()
-    for n, (client, session) in enumerate(zip(clients, sessions, strict=True)):
-        tasks.append(asyncio.create_task(client.run(base, session, readies[n])))
+async def open_sockets(sockets) -> list[asyncio.Task]:
+    """Start each socket (a coroutine taking its `ready` event), 50 at a time."""
+    tasks, readies = [], []
+    for n, socket in enumerate(sockets):
+        readies.append(asyncio.Event())
+        tasks.append(asyncio.create_task(socket(readies[-1])))
         if n % 50 == 49:
-            await asyncio.gather(*(r.wait() for r in readies[n - 49:n + 1]))
+            await asyncio.gather(*(r.wait() for r in readies[-50:]))
     await asyncio.gather(*(r.wait() for r in readies))
+    return tasks
+
+
+async def close_sockets(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def measure(args, tenant: Tenant, sessions: list[str], base: str, peer_base: str):
+    clients = [Client() for _ in sessions]
+    started = time.monotonic()
+    tasks = await open_sockets([lambda ready, c=c, s=s: c.console(base, s, ready) for c, s in zip(clients, sessions)])
     print(f"{len(clients)} console sockets of {AGENTS} agents signed in in {time.monotonic() - started:.1f} s")
     await asyncio.sleep(1)
 
@@ -149,17 +168,27 @@ async def measure(args, tenant: Tenant, sessions: list[str], base: str):
         await asyncio.sleep(0.5)
     await until(lambda: all(len(c.desk) >= args.events + args.handovers for c in clients))
 
-    layer = get_channel_layer()  # 3. the peer: Channels' group send to the same consoles
-    for _ in range(args.events):
-        await layer.group_send(f"console.t{tenant.id}", {"type": "presence.changed", "channel": "bench", "state": {
-            "user": "bench-peer", "ticket": repr(time.time()), "typing": False}})
-        await asyncio.sleep(0.1)
-    await until(lambda: all(len(c.peer) >= args.events for c in clients), timeout=30)
+    await close_sockets(tasks)
 
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    tasks = await open_sockets([lambda ready, c=c: c.peer_socket(peer_base, ready) for c in clients])  # 3. the peer
+    await asyncio.sleep(1)
+    layer = get_channel_layer()
+    for _ in range(args.events):
+        await layer.group_send(channels_peer.GROUP, {"type": "bench.tick", "t": time.time()})
+        await asyncio.sleep(0.1)
+    await until(lambda: all(len(c.peer) >= args.events for c in clients))
+    await close_sockets(tasks)
     return clients
+
+
+def wait_listening(port: int, timeout=60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
 def percentiles(values: list[float]) -> str:
@@ -178,24 +207,21 @@ def main():
 
     tenant, sessions = setup(args.clients)
     connection.close()
-    port, logs = _free_port(), Path(os.environ.get("TMPDIR", "/tmp"))
-    base = f"http://127.0.0.1:{port}"
+    port, peer_port, logs = _free_port(), _free_port(), Path(os.environ.get("TMPDIR", "/tmp"))
+    base, peer_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
     daphne = start([sys.executable, "-c", DAPHNE, "-b", "127.0.0.1", "-p", str(port), "hil_project.asgi:application"],
                    str(logs / "bench-realtime-daphne.log"))
+    peer = start([sys.executable, "-c", DAPHNE, "-b", "127.0.0.1", "-p", str(peer_port),
+                  "bench.channels_peer:application"], str(logs / "bench-realtime-peer.log"))
     worker = start([sys.executable, "-m", "celery", "-A", "hil_project", "worker", "-Q", os.environ["HIL_QUEUE"],
                     "-c", "1", "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"],
                    str(logs / "bench-realtime-worker.log"))
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        clients = asyncio.run(measure(args, tenant, sessions, base))
+        for port_ in (port, peer_port):
+            wait_listening(port_)
+        clients = asyncio.run(measure(args, tenant, sessions, base, peer_base))
     finally:
-        for process in (daphne, worker):
+        for process in (daphne, peer, worker):
             process.terminate()
             process.wait(30)
         Tenant.objects.filter(slug=TENANT).delete()
@@ -214,7 +240,7 @@ def main():
           f"  (target p95 < 20 ms)")
     print(f"handover, commit → the last of the clients ({len(handovers)} handovers): "
           f"{percentiles([max(v) for v in handovers.values()])}  (target p95 < 100 ms)")
-    print(f"peer, Channels group send → each client ({len(peer)} deliveries):     {percentiles(peer)}"
+    print(f"peer, Channels group send → each of {len(clients)} sockets ({len(peer)} deliveries): {percentiles(peer)}"
           f"  (published anchor: 26-38 ms)")
     if ticks and peer:
         hil_p95, peer_p95 = (sorted(v)[max(0, int(len(v) * 0.95) - 1)] for v in (ticks, peer))

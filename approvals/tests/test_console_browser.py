@@ -6,6 +6,7 @@ import os
 import textwrap
 
 import pytest
+from django.db import connections
 from playwright.sync_api import expect, sync_playwright
 
 from accounts.models import Role
@@ -33,6 +34,7 @@ def browser(monkeypatch):
         browser = playwright.chromium.launch(executable_path=CHROMIUM)
         yield browser
         browser.close()
+        connections.close_all()  # the test's own, opened while Playwright's loop ran (a context of their own)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ const state = {
   open: null,               // {kind: "ticket"|"approval", id}
   runSeq: 0,                // the last run event shown in the open conversation's timeline
   messages: new Map(),      // the open conversation's messages by id
-  presence: {},             // channel -> {user, ticket, typing}
+  presence: {},             // socket -> {user, ticket, typing}: everyone online
   socket: null,
 };
 
@@ -460,9 +460,7 @@ function receive(message) {
   else if (message.kind === "run" && state.open && state.open.ticket && message.run === state.open.ticket.run) renderRunEvent(message);
   else if (message.kind === "messages" && state.open && state.open.ticket && message.conversation === state.open.ticket.conversation) renderMessages(message.messages);
   else if (message.kind === "presence") {
-    if (message.all) state.presence = message.all;
-    else if (message.state) state.presence[message.channel] = message.state;
-    else delete state.presence[message.channel];
+    state.presence = message.all;
     renderPresence();
   } else if (message.kind === "error") toast(message.detail, "error");
 }
