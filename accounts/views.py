@@ -39,7 +39,8 @@ def signin(request):
     if request.method == "POST" and form.is_valid():
         auth.login(request, form.get_user())
         return redirect(_with_next("verify", request))
-    return render(request, "console/signin.html", {"form": form, "next": _next(request)}, status=400 if form.errors else 200)
+    return render(request, "console/signin.html", {"form": form, "next": _next(request)},
+                  status=400 if form.errors else 200)
 
 
 def verify(request):
@@ -56,7 +57,8 @@ def verify(request):
         else:
             otp_login(request, device)
             return redirect(_next(request))
-    return render(request, "console/verify.html", {"error": error, "next": _next(request)}, status=400 if error else 200)
+    return render(request, "console/verify.html", {"error": error, "next": _next(request)},
+                  status=400 if error else 200)
 
 
 def enrol(request):

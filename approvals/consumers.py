@@ -7,7 +7,8 @@ Server to client, each message a JSON object with a `kind`:
   seq it saw misses none and gets none twice.
 - `run`: an event of the run the client watches (`{"watch": {"run": id, "after": n}}`), same rules.
 - `messages`: the watched conversation's messages after the last sent (`{"watch": {"conversation": id}}`).
-- `presence`: `all`, who is online and what they look at or type in, by socket, whenever it changes (`{"presence": {"ticket": id, "typing": bool}}` sets this socket's).
+- `presence`: `all`, who is online and what they look at or type in, by socket, whenever it changes
+  (`{"presence": {"ticket": id, "typing": bool}}` sets this socket's).
 - `error`: a message the server refused, and why.
 
 Membership is checked on connect and again on every message: a member removed, or a session signed out,
@@ -23,13 +24,13 @@ import uuid
 import weakref
 from urllib.parse import parse_qs
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from accounts.auth import session_member
 from core import redis as core_redis
 from workflows import doorbells
+from workflows.consumers import JsonConsumer, is_seq
 from workflows.events import conversation_stream, doorbell_ring, events_after
 from workflows.models import Conversation, Message, Run
 
@@ -46,7 +47,7 @@ def _presence_key(tenant_id: int) -> str:
     return f"hil:t{tenant_id}:presence"
 
 
-class ConsoleConsumer(AsyncJsonWebsocketConsumer):
+class ConsoleConsumer(JsonConsumer):
     channel_layer_alias = None  # none: the database and the doorbells carry everything a console hears
 
     async def connect(self):
@@ -94,13 +95,6 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     # --- messages from the client ---
 
-    @classmethod
-    async def decode_json(cls, text_data):
-        try:
-            return await super().decode_json(text_data)
-        except ValueError:
-            return None  # refused in receive_json like any other bad message
-
     async def receive_json(self, content, **kwargs):
         member = await doorbells.db_read(session_member, self.scope["user"], self.scope["session"])
         if member is None or member.tenant_id != self.tenant_id:
@@ -109,7 +103,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(content, dict) or len(content) != 1:
             return await self._refuse('send one of {"after": seq}, {"watch": {...}}, {"presence": {...}}')
         (verb, value), = content.items()
-        if verb == "after" and _count(value):
+        if verb == "after" and is_seq(value):
             async with self.lock:
                 self.sent = value
             await self._catch_up()
@@ -127,7 +121,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     async def _watch(self, value: dict):
         run_id, conversation_id, after = value.get("run"), value.get("conversation"), value.get("after", 0)
-        if not _count(after):
+        if not is_seq(after):
             return await self._refuse("'after' is a non-negative integer")
         found = await doorbells.db_read(self._watchable, conversation_id, run_id)
         if found is None:
@@ -163,7 +157,10 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
                                           "messages": messages[w["messages"]:], "from": w["messages"]})
                     w["messages"] = len(messages)
                 waits = [asyncio.create_task(said.wait()), asyncio.create_task(done.wait())]
-                await asyncio.wait(waits, timeout=doorbells.REDIS_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+                while not (await asyncio.wait(waits, timeout=doorbells.REDIS_CHECK_S,
+                                              return_when=asyncio.FIRST_COMPLETED))[0]:
+                    if doorbells.redis_lost():  # without Redis, read the database every second
+                        break
                 for waiting in waits:
                     waiting.cancel()
 
@@ -278,11 +275,8 @@ class _Room:
 
 def _desk_messages(tenant_id: int, after: int) -> list[tuple[int, str]]:
     """The `desk` messages after `after`, encoded once for every console waiting there."""
-    return [(e["seq"], json.dumps({"kind": "desk", **e})) for e in services.desk_after(tenant_id=tenant_id, after=after)]
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    events = services.desk_after(tenant_id=tenant_id, after=after)
+    return [(e["seq"], json.dumps({"kind": "desk", **e})) for e in events]
 
 
 def _messages(conversation_id) -> list[dict]:

@@ -62,7 +62,8 @@ class HandoverTicket(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(
-        null=True, blank=True, help_text="A console's claim: back to the queue after this unless the console renews it.")
+        null=True, blank=True,
+        help_text="A console's claim: back to the queue after this unless the console renews it.")
     closed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

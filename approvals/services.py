@@ -41,7 +41,8 @@ def desk_seq(*, tenant_id: int) -> int:
 
 def ticket_card(ticket: HandoverTicket) -> dict:
     """What the console's queue shows of a ticket (also the data of its desk events)."""
-    return {"id": str(ticket.id), "conversation": str(ticket.conversation_id), "workflow": ticket.conversation.workflow.slug,
+    return {"id": str(ticket.id), "conversation": str(ticket.conversation_id),
+            "workflow": ticket.conversation.workflow.slug,
             "reason": ticket.reason, "status": ticket.status, "created_at": ticket.created_at.isoformat(),
             "assignee": ticket.assignee.get_username() if ticket.assignee_id else None}
 
@@ -212,8 +213,8 @@ def tickets_renew(*, holders: set[tuple[int, int]]) -> int:
     held = Q()
     for tenant_id, user_id in holders:
         held |= Q(tenant_id=tenant_id, assignee_id=user_id)
-    return HandoverTicket.objects.filter(held, status=HandoverTicket.Status.CLAIMED, lease_expires_at__isnull=False).update(
-        lease_expires_at=timezone.now() + timedelta(seconds=settings.HIL_CLAIM_LEASE_S))
+    leased = HandoverTicket.objects.filter(held, status=HandoverTicket.Status.CLAIMED, lease_expires_at__isnull=False)
+    return leased.update(lease_expires_at=timezone.now() + timedelta(seconds=settings.HIL_CLAIM_LEASE_S))
 
 
 def tickets_release_expired(*, limit: int = 500) -> int:

@@ -13,10 +13,8 @@ It never fails on a timing.
 
 import argparse
 import asyncio
-import base64
 import json
 import os
-import secrets
 import socket
 import statistics
 import subprocess
@@ -28,20 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "bench":
     sys.path[0] = str(REPO)
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hil_project.settings")
-os.environ.setdefault("HIL_LOG_LEVEL", "WARNING")
-os.environ["HIL_DEBUG"] = "0"  # measure what production runs, on plain HTTP
-os.environ["HIL_SECURE_SSL_REDIRECT"] = "0"
-os.environ["HIL_ALLOWED_HOSTS"] = "127.0.0.1"
-os.environ["HIL_QUEUE"] = f"hil-bench-{os.getpid()}"  # its runs are never taken by a worker
-if not os.environ.get("HIL_SECRET_KEY"):
-    os.environ["HIL_SECRET_KEY"] = secrets.token_urlsafe(32)
-if not os.environ.get("HIL_MASTER_KEY"):  # throwaway too: the bench stores no secret
-    os.environ["HIL_MASTER_KEY"] = base64.b64encode(os.urandom(32)).decode()
-
-import django  # noqa: E402
-
-django.setup()
+from bench import production  # noqa: E402, F401  (Django set up as production runs it)
 
 import httpx  # noqa: E402
 import websockets  # noqa: E402

@@ -17,10 +17,8 @@ Checks that every client got every desk event once, in order. It never fails on 
 
 import argparse
 import asyncio
-import base64
 import json
 import os
-import secrets
 import socket
 import statistics
 import subprocess
@@ -33,20 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "bench":
     sys.path[0] = str(REPO)
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hil_project.settings")
-os.environ.setdefault("HIL_LOG_LEVEL", "WARNING")
-os.environ["HIL_DEBUG"] = "0"  # measure what production runs, on plain HTTP
-os.environ["HIL_SECURE_SSL_REDIRECT"] = "0"
-os.environ["HIL_ALLOWED_HOSTS"] = "127.0.0.1"
-os.environ["HIL_QUEUE"] = f"hil-bench-realtime-{os.getpid()}"
-if not os.environ.get("HIL_SECRET_KEY"):
-    os.environ["HIL_SECRET_KEY"] = secrets.token_urlsafe(32)
-if not os.environ.get("HIL_MASTER_KEY"):  # throwaway too: the bench stores no secret
-    os.environ["HIL_MASTER_KEY"] = base64.b64encode(os.urandom(32)).decode()
-
-import django  # noqa: E402
-
-django.setup()
+from bench import production  # noqa: E402, F401  (Django set up as production runs it)
 
 import websockets  # noqa: E402
 from channels.layers import get_channel_layer  # noqa: E402
@@ -136,9 +121,9 @@ async def until(predicate, timeout=120):
 async def open_sockets(sockets) -> list[asyncio.Task]:
     """Start each socket (a coroutine taking its `ready` event), 50 at a time."""
     tasks, readies = [], []
-    for n, socket in enumerate(sockets):
+    for n, run_socket in enumerate(sockets):
         readies.append(asyncio.Event())
-        tasks.append(asyncio.create_task(socket(readies[-1])))
+        tasks.append(asyncio.create_task(run_socket(readies[-1])))
         if n % 50 == 49:
             await asyncio.gather(*(r.wait() for r in readies[-50:]))
     await asyncio.gather(*(r.wait() for r in readies))
@@ -195,7 +180,8 @@ def percentiles(values: list[float]) -> str:
     if not values:
         return "none arrived"
     ms = sorted(values)
-    return f"p50 {statistics.median(ms):6.1f} ms, p95 {ms[max(0, int(len(ms) * 0.95) - 1)]:6.1f} ms, max {ms[-1]:6.1f} ms"
+    p95 = ms[max(0, int(len(ms) * 0.95) - 1)]
+    return f"p50 {statistics.median(ms):6.1f} ms, p95 {p95:6.1f} ms, max {ms[-1]:6.1f} ms"
 
 
 def main():

@@ -24,7 +24,23 @@ from .models import Run
 CLOSE_TRY_AGAIN = 4503
 
 
-class RunEventsConsumer(AsyncJsonWebsocketConsumer):
+def is_seq(value) -> bool:
+    """A sequence number a client sent: a non-negative integer (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class JsonConsumer(AsyncJsonWebsocketConsumer):
+    """A JSON socket whose malformed messages reach `receive_json` as None, to be refused there in words."""
+
+    @classmethod
+    async def decode_json(cls, text_data):
+        try:
+            return await super().decode_json(text_data)
+        except ValueError:
+            return None
+
+
+class RunEventsConsumer(JsonConsumer):
     redis_check_s = doorbells.REDIS_CHECK_S
 
     async def connect(self):
@@ -68,16 +84,9 @@ class RunEventsConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json(envelope)
                 self.sent = envelope["seq"]
 
-    @classmethod
-    async def decode_json(cls, text_data):
-        try:
-            return await super().decode_json(text_data)
-        except ValueError:
-            return None  # answered in receive_json like any other bad message
-
     async def receive_json(self, content, **kwargs):
         after = content.get("after") if isinstance(content, dict) else None
-        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        if not is_seq(after):
             await self.send_json({"error": "send {\"after\": <seq>} with a non-negative integer"})
             return
         async with self.lock:

@@ -117,5 +117,6 @@ def test_the_api_takes_a_verified_session_with_its_csrf_token_only(agent, tenant
     assert client.get("/api/v1/handovers/").status_code == 200
     claim = "/api/v1/handovers/00000000-0000-0000-0000-000000000000/claim/"
     assert client.post(claim, {}, content_type="application/json").status_code == 403  # no CSRF token
-    response = client.post(claim, {}, content_type="application/json", HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+    response = client.post(claim, {}, content_type="application/json",
+                           HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
     assert response.status_code == 404

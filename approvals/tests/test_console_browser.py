@@ -135,7 +135,8 @@ def test_two_agents_work_a_handover_and_an_approval_live_with_the_keyboard(conso
         expect(page.locator("#list .row")).to_have_count(0)
     expect(bob.locator("#decided")).to_have_text("Decided: edited by alice.")
     approval = ApprovalRequest.objects.get()
-    assert (approval.status, approval.decided_payload, approval.decided_by.username) == ("edited", {"amount": 15}, "alice")
+    assert (approval.status, approval.decided_payload) == ("edited", {"amount": 15})
+    assert approval.decided_by.username == "alice"
     wait(lambda: Message.objects.filter(role="ai", text="paid 15").exists(), what="the run answered with the edit")
 
 
