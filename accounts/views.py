@@ -90,8 +90,10 @@ def signout(request):
 @require_POST
 def tenant_choose(request):
     """The tenant a member of several works in, in this session."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(reverse("console"))
     membership = Membership.objects.filter(user=request.user, tenant__slug=request.POST.get("tenant", "")).first()
-    if request.user.is_authenticated and membership is not None:
+    if membership is not None:
         request.session[TENANT_SESSION_KEY] = membership.tenant_id
     return redirect(_next(request))
 

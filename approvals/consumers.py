@@ -170,8 +170,9 @@ class ConsoleConsumer(JsonConsumer):
         ticket, typing = value.get("ticket"), value.get("typing", False)
         if not (ticket is None or isinstance(ticket, str) and len(ticket) <= 64) or not isinstance(typing, bool):
             return await self._refuse("presence is {\"ticket\": <id or null>, \"typing\": true|false}")
-        self.presence = {"user": self.username, "ticket": ticket, "typing": typing}
-        await self._presence_publish()
+        if (ticket, typing) != (self.presence["ticket"], self.presence["typing"]):  # only a change is news
+            self.presence = {"user": self.username, "ticket": ticket, "typing": typing}
+            await self._presence_publish()
 
     async def _presence_publish(self):
         await asyncio.to_thread(_presence_store, self.tenant_id, {self.socket_id: self.presence}, ring=True)

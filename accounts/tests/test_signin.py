@@ -120,3 +120,18 @@ def test_the_api_takes_a_verified_session_with_its_csrf_token_only(agent, tenant
     response = client.post(claim, {}, content_type="application/json",
                            HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
     assert response.status_code == 404
+
+
+def test_a_member_of_two_tenants_chooses_where_to_work(agent, other_tenant):
+    membership_set(tenant=other_tenant, user=agent, role=Role.VIEWER)
+    client = Client()
+    totp_demo_device(user=agent)
+    password_step(client)
+    client.post("/console/verify/", {"code": code_now(agent)})
+    assert b"Acme" in client.get("/console/").content  # the first by slug: acme
+    client.post("/console/tenant/", {"tenant": "globex"})
+    page = client.get("/console/").content.decode()
+    assert "Globex" in page and '"role": "viewer"' in page
+    client.post("/console/tenant/", {"tenant": "initech"})  # not theirs: nothing changes
+    assert "Globex" in client.get("/console/").content.decode()
+    assert Client().post("/console/tenant/", {"tenant": "acme"}).status_code == 302  # signed out: to sign in
