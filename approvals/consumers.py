@@ -157,12 +157,14 @@ class ConsoleConsumer(JsonConsumer):
                                           "messages": messages[w["messages"]:], "from": w["messages"]})
                     w["messages"] = len(messages)
                 waits = [asyncio.create_task(said.wait()), asyncio.create_task(done.wait())]
-                while not (await asyncio.wait(waits, timeout=doorbells.REDIS_CHECK_S,
-                                              return_when=asyncio.FIRST_COMPLETED))[0]:
-                    if doorbells.redis_lost():  # without Redis, read the database every second
-                        break
-                for waiting in waits:
-                    waiting.cancel()
+                try:
+                    while not (await asyncio.wait(waits, timeout=doorbells.REDIS_CHECK_S,
+                                                  return_when=asyncio.FIRST_COMPLETED))[0]:
+                        if doorbells.redis_lost():  # without Redis, read the database every second
+                            break
+                finally:  # also when the watch ends or changes
+                    for waiting in waits:
+                        waiting.cancel()
 
     # --- presence ---
 
