@@ -309,22 +309,23 @@ function openApproval(id) {
   if (!a) return;
   state.open = {kind: "approval", id};
   presence({ticket: null, typing: false});
-  const form = a.schema ? schemaForm(a.schema, a.payload) : null;
+  const form = schemaForm(a.schema || {}, a.payload);  // without a schema: the payload as JSON
   $("#detail").replaceChildren(h("section", {class: "approval"},
     h("h2", {}, a.title),
     h("p", {class: "hint"}, `Node ${a.node} · run ${a.run} · expires ${new Date(a.expires_at).toLocaleString()}`),
     h("div", {id: "decided", class: "decided", hidden: true}),
     h("h3", {}, "What will happen"),
     h("pre", {class: "payload"}, json(a.payload)),
-    form ? h("h3", {}, "Edit before approving") : null,
+    h("h3", {}, "Edit before approving"),
     form,
-    form ? h("div", {id: "diff", class: "diff"}) : null,
+    h("div", {id: "diff", class: "diff"}),
     h("label", {}, "Comment", h("textarea", {id: "comment", rows: 2, "aria-label": "Comment"})),
     h("div", {class: "actions"},
       h("button", {"data-action": "approve", title: "a", disabled: !boot.may_act}, "Approve"),
-      form ? h("button", {"data-action": "edit", title: "e", disabled: !boot.may_act}, "Approve with edits") : null,
+      h("button", {"data-action": "edit", title: "e", disabled: !boot.may_act}, "Approve with edits"),
       h("button", {"data-action": "reject", class: "danger", title: "x", disabled: !boot.may_act}, "Reject"))));
-  if (form) { form.addEventListener("input", renderDiff); renderDiff(); }
+  form.addEventListener("input", renderDiff);
+  renderDiff();
 }
 
 // A form for an object schema's fields (string, number, integer, boolean, enum); anything else as JSON.
@@ -511,6 +512,7 @@ const keys = {
 document.addEventListener("keydown", (event) => {
   const field = event.target.closest("input, textarea, select");
   if (event.key === "Escape") { toggleHelp(false); if (field) field.blur(); return; }
+  if (event.key === "Enter" && event.target.closest("button, a")) return;  // a focused button does its own
   if (field) {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
