@@ -24,6 +24,7 @@ import uuid
 import weakref
 from urllib.parse import parse_qs
 
+import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
@@ -191,15 +192,24 @@ async def _forever(work) -> None:
 
 
 def _presence_store(tenant_id: int, states: dict[str, dict], *, ring: bool) -> None:
+    """Presence is a courtesy: without Redis a console goes on without it (the desk reads the database)."""
     now = time.time()
-    core_redis.client().hset(_presence_key(tenant_id), mapping={
-        channel: json.dumps({**state, "ts": now}) for channel, state in states.items()})
+    try:
+        core_redis.client().hset(_presence_key(tenant_id), mapping={
+            socket_id: json.dumps({**state, "ts": now}) for socket_id, state in states.items()})
+    except redis.RedisError as e:
+        log.warning("presence not stored: %s", e)
+        return
     if ring:
         doorbell_ring(tenant_id, PRESENCE)
 
 
-def _presence_leave(tenant_id: int, channel: str) -> None:
-    core_redis.client().hdel(_presence_key(tenant_id), channel)
+def _presence_leave(tenant_id: int, socket_id: str) -> None:
+    try:
+        core_redis.client().hdel(_presence_key(tenant_id), socket_id)
+    except redis.RedisError as e:  # the entry drops out of the list after PRESENCE_TTL_S
+        log.warning("presence not removed: %s", e)
+        return
     doorbell_ring(tenant_id, PRESENCE)
 
 

@@ -1,5 +1,6 @@
 """The console's WebSocket: signed in by a verified session, scoped to its tenant, resumable by desk seq."""
 
+import asyncio
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from approvals.models import HandoverTicket
 from conftest import verified_login
 from hil_project.asgi import application
 from workflows import doorbells
+from workflows.tests import servers
 from workflows.tests.specs import HANDS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -211,4 +213,21 @@ async def test_a_viewer_s_console_cannot_decide_and_its_socket_has_no_decide(ten
     assert await desk_events(ws, 1) == [(1, "approval.requested")]  # a viewer sees what waits
     await ws.send_json_to({"decide": {"approval": "x", "decision": "approve"}})
     await next_of(ws, "error")
+    await ws.disconnect()
+
+
+@servers.needs_own_servers
+async def test_while_redis_is_down_a_console_still_connects_and_hears_the_desk(tenant, hand_over):
+    alice = await sync_to_async(person)(tenant, "alice")
+    cookie = await sync_to_async(session_cookie)(alice)
+    down = servers.redis_down()
+    await asyncio.to_thread(down.__enter__)
+    try:
+        ws = await connected(console(cookie))  # presence is skipped; the desk is read from the database
+        await hand_over(tenant, "while Redis is down")
+        assert await desk_events(ws, 1) == [(1, "ticket.opened")]
+    finally:
+        await asyncio.to_thread(down.__exit__, None, None, None)
+    await hand_over(tenant, "once it is back")
+    assert await desk_events(ws, 1) == [(2, "ticket.opened")]
     await ws.disconnect()
