@@ -42,6 +42,7 @@ CLOSE_FORBIDDEN = 4403
 PRESENCE = "presence"  # the doorbell stream that rings when someone's presence changes
 PRESENCE_TTL_S = 90  # an entry a dead process left behind drops out of the list after this
 PRESENCE_COALESCE_S = 0.1  # changes within this are sent as one list
+MESSAGES_PER_S, MESSAGES_BURST = 5, 20  # what a console sends (each is checked against the database)
 
 
 def _presence_key(tenant_id: int) -> str:
@@ -63,6 +64,7 @@ class ConsoleConsumer(JsonConsumer):
             self.sent = 0
         self.lock, self.watcher, self.watching, self.socket_id = asyncio.Lock(), None, {}, uuid.uuid4().hex
         self.presence = {"user": self.username, "ticket": None, "typing": False}
+        self.allowance, self.counted_at = MESSAGES_BURST, time.monotonic()
         await self.accept()
         self.room = await _Room.join(self)
         await self._catch_up()
@@ -97,6 +99,12 @@ class ConsoleConsumer(JsonConsumer):
     # --- messages from the client ---
 
     async def receive_json(self, content, **kwargs):
+        now = time.monotonic()  # a bucket of MESSAGES_BURST messages, refilled at MESSAGES_PER_S
+        self.allowance = min(MESSAGES_BURST, self.allowance + (now - self.counted_at) * MESSAGES_PER_S)
+        self.counted_at = now
+        if self.allowance < 1:
+            return await self._refuse(f"too many messages: at most {MESSAGES_PER_S} a second")
+        self.allowance -= 1
         member = await doorbells.db_read(session_member, self.scope["user"], self.scope["session"])
         if member is None or member.tenant_id != self.tenant_id:
             await self.close(code=CLOSE_FORBIDDEN)

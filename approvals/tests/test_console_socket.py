@@ -231,3 +231,13 @@ async def test_while_redis_is_down_a_console_still_connects_and_hears_the_desk(t
     await hand_over(tenant, "once it is back")
     assert await desk_events(ws, 1) == [(2, "ticket.opened")]
     await ws.disconnect()
+
+
+async def test_a_flood_of_messages_is_refused_past_the_burst_without_reading_the_database(tenant):
+    alice = await sync_to_async(person)(tenant, "alice")
+    ws = await connected(console(await sync_to_async(session_cookie)(alice)))
+    for _ in range(40):
+        await ws.send_json_to({"bogus": 1})
+    details = [(await next_of(ws, "error"))["detail"] for _ in range(40)]
+    assert details.count("too many messages: at most 5 a second") >= 15  # 20 answered, the rest refused at once
+    await ws.disconnect()
