@@ -57,6 +57,7 @@ def approval_card(approval: ApprovalRequest) -> dict:
 def _ticket_changed(ticket: HandoverTicket, type_: str) -> None:
     desk_append(tenant_id=ticket.tenant_id, type_=type_, data=ticket_card(ticket))
 
+
 DECISIONS = {"approve": ApprovalRequest.Status.APPROVED, "reject": ApprovalRequest.Status.REJECTED,
              "edit": ApprovalRequest.Status.EDITED, "expire": ApprovalRequest.Status.EXPIRED}
 
