@@ -62,6 +62,8 @@ def session_member(user, session) -> Membership | None:
 
 
 def _verified_device(user, session) -> bool:
+    if hasattr(user, "is_verified"):  # django-otp's middleware has read the session's device (pages, the API)
+        return user.is_verified()
     device = Device.from_persistent_id(session.get(DEVICE_ID_SESSION_KEY) or "")
     return device is not None and device.user_id == user.pk and device.confirmed
 

@@ -62,7 +62,7 @@ class ConsoleConsumer(JsonConsumer):
             self.sent = max(0, int(parse_qs(self.scope["query_string"].decode()).get("after", ["0"])[0]))
         except ValueError:
             self.sent = 0
-        self.lock, self.watcher, self.watching, self.socket_id = asyncio.Lock(), None, {}, uuid.uuid4().hex
+        self.lock, self.watcher, self.socket_id = asyncio.Lock(), None, uuid.uuid4().hex
         self.presence = {"user": self.username, "ticket": None, "typing": False}
         self.allowance, self.counted_at = MESSAGES_BURST, time.monotonic()
         await self.accept()
@@ -138,8 +138,7 @@ class ConsoleConsumer(JsonConsumer):
         if self.watcher:
             self.watcher.cancel()
             await asyncio.gather(self.watcher, return_exceptions=True)
-        self.watching = {"conversation": found[0], "run": found[1], "after": after, "messages": 0}
-        self.watcher = asyncio.create_task(self._follow_watched())
+        self.watcher = asyncio.create_task(self._follow_watched(*found, after))
 
     def _watchable(self, conversation_id, run_id):
         try:
@@ -151,20 +150,20 @@ class ConsoleConsumer(JsonConsumer):
             return None
         return conversation, run or None
 
-    async def _follow_watched(self):
-        w = self.watching
-        async with doorbells.listen(self.tenant_id, conversation_stream(w["conversation"].pk)) as said, \
-                doorbells.listen(self.tenant_id, w["run"].pk if w["run"] else "-") as done:
+    async def _follow_watched(self, conversation, run, after: int):
+        sent = 0  # messages
+        async with doorbells.listen(self.tenant_id, conversation_stream(conversation.pk)) as said, \
+                doorbells.listen(self.tenant_id, run.pk if run else "-") as done:
             while True:
-                if w["run"]:
-                    for envelope in await doorbells.db_read(events_after, w["run"], w["after"]):
-                        await self.send_json({"kind": "run", "run": str(w["run"].pk), **envelope})
-                        w["after"] = envelope["seq"]
-                messages = await doorbells.db_read(_messages, w["conversation"].pk)
-                if len(messages) > w["messages"]:
-                    await self.send_json({"kind": "messages", "conversation": str(w["conversation"].pk),
-                                          "messages": messages[w["messages"]:], "from": w["messages"]})
-                    w["messages"] = len(messages)
+                if run:
+                    for envelope in await doorbells.db_read(events_after, run, after):
+                        await self.send_json({"kind": "run", "run": str(run.pk), **envelope})
+                        after = envelope["seq"]
+                messages = await doorbells.db_read(_messages, conversation.pk, sent)
+                if messages:
+                    await self.send_json({"kind": "messages", "conversation": str(conversation.pk),
+                                          "messages": messages, "from": sent})
+                    sent += len(messages)
                 waits = [asyncio.create_task(said.wait()), asyncio.create_task(done.wait())]
                 try:
                     while not (await asyncio.wait(waits, timeout=doorbells.REDIS_CHECK_S,
@@ -288,8 +287,8 @@ class _Room:
     async def _renew(self):
         while True:
             await asyncio.sleep(settings.HIL_CLAIM_LEASE_S / 3)
-            holders = {(self.tenant_id, c.member.user_id) for c in self.consoles}
-            await doorbells.db_read(lambda: services.tickets_renew(holders=holders))
+            user_ids = {c.member.user_id for c in self.consoles}
+            await doorbells.db_read(lambda: services.tickets_renew(tenant_id=self.tenant_id, user_ids=user_ids))
             await asyncio.to_thread(_presence_store, self.tenant_id, {c.socket_id: c.presence for c in self.consoles},
                                     ring=False)
 
@@ -300,8 +299,9 @@ def _desk_messages(tenant_id: int, after: int) -> list[tuple[int, str]]:
     return [(e["seq"], json.dumps({"kind": "desk", **e})) for e in events]
 
 
-def _messages(conversation_id) -> list[dict]:
+def _messages(conversation_id, after: int) -> list[dict]:
+    """The conversation's messages after the first `after` (they are posted under its lock, in order)."""
+    messages = Message.objects.filter(conversation_id=conversation_id).select_related("author").order_by(
+        "created_at", "id")[after:]
     return [{"id": str(m.id), "role": m.role, "text": m.text, "author": m.author.get_username() if m.author else None,
-             "created_at": m.created_at.isoformat()}
-            for m in Message.objects.filter(conversation_id=conversation_id).select_related("author").order_by(
-                "created_at", "id")]
+             "created_at": m.created_at.isoformat()} for m in messages]

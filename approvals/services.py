@@ -3,7 +3,6 @@ from datetime import timedelta
 import jsonschema
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Tenant
@@ -13,7 +12,7 @@ from tools.services import tool_call_decide
 from workflows import services as conversations
 from workflows.events import doorbell_ring, events_append
 
-from .models import ApprovalRequest, CannedReply, DeskEvent, DeskSeq, HandoverTicket, TicketNote
+from .models import ApprovalRequest, DeskEvent, DeskSeq, HandoverTicket, TicketNote
 
 DESK = "desk"  # the doorbell stream of a tenant's desk events (workflows.doorbells.listen(tenant_id, DESK))
 
@@ -207,15 +206,12 @@ def ticket_claim(*, ticket: HandoverTicket, actor, lease: bool = False) -> Hando
     return ticket
 
 
-def tickets_renew(*, holders: set[tuple[int, int]]) -> int:
-    """Renew the leases of the tickets that members ((tenant id, user id) pairs) hold from consoles still open."""
-    if not holders:
-        return 0
-    held = Q()
-    for tenant_id, user_id in holders:
-        held |= Q(tenant_id=tenant_id, assignee_id=user_id)
-    leased = HandoverTicket.objects.filter(held, status=HandoverTicket.Status.CLAIMED, lease_expires_at__isnull=False)
-    return leased.update(lease_expires_at=timezone.now() + timedelta(seconds=settings.HIL_CLAIM_LEASE_S))
+def tickets_renew(*, tenant_id: int, user_ids: set[int]) -> int:
+    """Renew the leases of the tickets that these members hold from consoles still open."""
+    return HandoverTicket.objects.filter(
+        tenant_id=tenant_id, assignee_id__in=user_ids, status=HandoverTicket.Status.CLAIMED,
+        lease_expires_at__isnull=False,
+    ).update(lease_expires_at=timezone.now() + timedelta(seconds=settings.HIL_CLAIM_LEASE_S))
 
 
 def tickets_release_expired(*, limit: int = 500) -> int:
@@ -294,10 +290,6 @@ def ticket_return_to_ai(*, ticket: HandoverTicket, actor) -> HandoverTicket:
 def ticket_note_add(*, ticket: HandoverTicket, actor, text: str) -> TicketNote:
     """A private note for the team; any member who may act on tickets may add one."""
     return TicketNote.objects.create(tenant_id=ticket.tenant_id, ticket=ticket, author=actor, text=text)
-
-
-def canned_replies(*, tenant_id: int) -> list[CannedReply]:
-    return list(CannedReply.objects.filter(tenant_id=tenant_id))
 
 
 def _ticket_held_by(ticket: HandoverTicket, actor) -> None:

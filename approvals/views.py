@@ -2,14 +2,13 @@
 It reads and acts through the API (as the signed-in member, CSRF-checked) and hears changes on its
 WebSocket (approvals/consumers.py); this view only hands it the first state and the desk seq it reflects."""
 
-from django.conf import settings
 from django.shortcuts import render
 
 from accounts.models import Membership, Role
 from accounts.views import member_required
 
 from . import services
-from .models import ApprovalRequest, HandoverTicket
+from .models import ApprovalRequest, CannedReply, HandoverTicket
 
 
 @member_required
@@ -23,10 +22,9 @@ def console(request):
         "member": member,
         "tenants": Membership.objects.filter(user=request.user).select_related("tenant").order_by("tenant__slug"),
         "boot": {
-            "seq": seq, "me": request.user.get_username(), "role": member.role,
-            "may_act": member.role != Role.VIEWER, "lease_s": settings.HIL_CLAIM_LEASE_S,
+            "seq": seq, "me": request.user.get_username(), "may_act": member.role != Role.VIEWER,
             "tickets": [services.ticket_card(t) for t in tickets],
             "approvals": [services.approval_card(a) for a in approvals],
-            "canned": [{"title": c.title, "text": c.text} for c in services.canned_replies(tenant_id=member.tenant_id)],
+            "canned": list(CannedReply.objects.filter(tenant_id=member.tenant_id).values("title", "text")),
         },
     })

@@ -11,7 +11,6 @@ The hub's Redis connection opens with the first listener and closes when the las
 import asyncio
 import logging
 import threading
-import time
 import weakref
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -33,10 +32,8 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5  # the wait before connecting again double
 class Bell:
     def __init__(self):
         self._rang = asyncio.Event()
-        self.rang_at = 0.0  # time.monotonic() of the last ring
 
-    def ring(self, at: float | None = None) -> None:
-        self.rang_at = time.monotonic() if at is None else at
+    def ring(self) -> None:
         self._rang.set()
 
     async def wait(self, timeout: float | None = None) -> bool:
@@ -88,9 +85,8 @@ class _Hub:
                             backoff, self.lost = BACKOFF_MIN_S, False
                             self.ring_all()
                         elif message["type"] == "pmessage":
-                            at = time.monotonic()
                             for bell in self.bells.get(message["channel"].decode(), ()):
-                                bell.ring(at)
+                                bell.ring()
             except (redis.RedisError, OSError) as e:
                 self.lost = True
                 log.warning("doorbells: Redis lost (%s), connecting again in %.1fs", e, backoff)

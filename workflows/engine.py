@@ -37,7 +37,7 @@ from core.expressions import evaluate
 
 from . import humans
 from . import spec as workflow_spec
-from .events import SQL, db_now, message_rung, run_commit
+from .events import SQL, db_now, run_commit
 from .models import Conversation, Message, Run, Step, WorkflowVersion
 
 log = logging.getLogger(__name__)
@@ -391,7 +391,6 @@ def _finish(run: Run, owner: str, reply: str | None) -> _Commit:
         rows = (Message(tenant_id=run.tenant_id, conversation_id=run.conversation_id, role=Message.Role.AI,
                         text=reply, run_id=run.id),)
         data["message"] = {"id": str(rows[0].id), "text": reply}
-        message_rung(rows[0])
     elif reply is not None:  # a human took the conversation over while the run was working
         data["suggestion"] = reply
         reason = "a human took the conversation over; the reply is kept as a suggestion for them"

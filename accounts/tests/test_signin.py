@@ -131,7 +131,7 @@ def test_a_member_of_two_tenants_chooses_where_to_work(agent, other_tenant):
     assert b"Acme" in client.get("/console/").content  # the first by slug: acme
     client.post("/console/tenant/", {"tenant": "globex"})
     page = client.get("/console/").content.decode()
-    assert "Globex" in page and '"role": "viewer"' in page
+    assert "Globex" in page and "alice · viewer" in page and '"may_act": false' in page
     client.post("/console/tenant/", {"tenant": "initech"})  # not theirs: nothing changes
     assert "Globex" in client.get("/console/").content.decode()
     assert Client().post("/console/tenant/", {"tenant": "acme"}).status_code == 302  # signed out: to sign in

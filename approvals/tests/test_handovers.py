@@ -193,7 +193,7 @@ def test_a_console_claim_holds_while_renewed_and_goes_back_to_the_queue_after(al
     assert tickets_release_expired() == 0  # not expired yet
 
     HandoverTicket.objects.filter(pk=ticket.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    assert tickets_renew(holders={(ticket.tenant_id, ticket_holder(ticket))}) == 1  # the console is open
+    assert tickets_renew(tenant_id=ticket.tenant_id, user_ids={ticket_holder(ticket)}) == 1  # the console is open
     assert tickets_release_expired() == 0
 
     HandoverTicket.objects.filter(pk=ticket.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))

@@ -120,20 +120,11 @@ class Daphne:
 
 
 @pytest.fixture(scope="session")
-def daphne(django_db_setup, django_db_blocker, tmp_path_factory):
+def daphne(django_db_setup, tmp_path_factory):
     """One Daphne for the session; the tests that use it need committed rows (transactional_db)."""
     server = Daphne(tmp_path_factory.mktemp("daphne") / "daphne.log")
     yield server
     server.stop()
-    with django_db_blocker.unblock():  # its sessions end a moment after it does: then the test database can go
-        wait_until(lambda: not _other_sessions(), timeout=30, what="the database sessions of Daphne to end")
-
-
-def _other_sessions() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                       " AND pid <> pg_backend_pid()")
-        return cursor.fetchone()[0]
 
 
 def wait_until(predicate, timeout=90, interval=0.05, what="condition"):

@@ -8,9 +8,9 @@ from accounts.models import Role, Tenant
 from accounts.services import api_token_create, membership_set, totp_demo_device, totp_secret, user_ensure
 from agents.models import ModelEndpoint
 from agents.services import MODEL_FIELDS, endpoint_save, profile_save
+from approvals.models import CannedReply
 from tools.services import secret_set
 from workflows import services
-from approvals.models import CannedReply
 from workflows.models import Workflow
 
 DEMO_YAML = settings.BASE_DIR / "workflows" / "demo" / "customer_support.yaml"
