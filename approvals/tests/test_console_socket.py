@@ -149,7 +149,7 @@ async def test_another_tenant_hears_nothing_and_cannot_watch_this_tenant_s_conve
     "not json", [], {"after": -1}, {"after": True}, {"decide": "approve"}, {"watch": {"conversation": "x"}},
     {"presence": {"ticket": 5}}, {"after": 1, "watch": {}},
 ])
-async def test_a_forged_message_is_refused_and_changes_nothing(tenant, message):
+async def test_a_forged_message_is_refused_and_changes_nothing(tenant, message, hand_over):
     alice = await sync_to_async(person)(tenant, "alice")
     ws = await connected(console(await sync_to_async(session_cookie)(alice)))
     if isinstance(message, str):
@@ -157,6 +157,8 @@ async def test_a_forged_message_is_refused_and_changes_nothing(tenant, message):
     else:
         await ws.send_json_to(message)
     await next_of(ws, "error")
+    await hand_over(tenant)  # the socket still follows the desk from where it was
+    assert await desk_events(ws, 1) == [(1, "ticket.opened")]
     await ws.disconnect()
 
 

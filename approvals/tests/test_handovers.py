@@ -187,7 +187,7 @@ def test_concurrent_desk_events_get_every_number_once(tenant):
     assert sorted(e["seq"] for e in desk_after(tenant_id=tenant.id, after=0)) == list(range(1, 41))
 
 
-def test_a_console_claim_holds_while_renewed_and_goes_back_to_the_queue_after(alice, ticket, settings):
+def test_a_console_claim_holds_while_renewed_and_goes_back_to_the_queue_after(alice, ticket):
     body = act(alice, ticket, "claim", {"lease": True}).json()
     assert body["lease_expires_at"] is not None
     assert tickets_release_expired() == 0  # not expired yet
