@@ -254,7 +254,11 @@ function renderRunEvent(event) {
 async function claim() {
   if (!state.open || state.open.kind !== "ticket") return;
   const done = await act("Claim", () => api("POST", `handovers/${state.open.id}/claim/`, {lease: true}));
-  if (done) { state.tickets.set(done.id, {...state.tickets.get(done.id), status: done.status, assignee: done.assignee}); renderHolder(); renderList(); $("#reply").focus(); }
+  if (!done) return;
+  state.tickets.set(done.id, {...state.tickets.get(done.id), status: done.status, assignee: done.assignee});
+  renderHolder();
+  renderList();
+  $("#reply").focus();
 }
 
 async function sendReply() {
@@ -356,7 +360,6 @@ function schemaForm(schema, payload) {
     form.append(h("label", {}, label, prop.description ? h("small", {}, prop.description) : null, input,
       h("span", {class: "field-error", "data-for": name})));
   }
-  form.dataset.schema = JSON.stringify(schema);
   return form;
 }
 
@@ -365,8 +368,8 @@ function editedPayload() {
   const approval = state.approvals.get(state.open.id), form = $("#edit-form");
   const whole = form.elements.namedItem("$json");
   if (whole) return JSON.parse(whole.value);
-  const schema = JSON.parse(form.dataset.schema), payload = {...approval.payload}, errors = [];
-  for (const [name, prop] of Object.entries(schema.properties)) {
+  const payload = {...approval.payload}, errors = [];
+  for (const [name, prop] of Object.entries(approval.schema.properties)) {
     const input = form.elements.namedItem(name);
     const error = form.querySelector(`[data-for="${name}"]`);
     error.textContent = "";
