@@ -1,24 +1,26 @@
-# make run | make test [ARGS="-k something"] | make bench | make bench-connections | make bench-realtime | make bench-router   (see README.md)
+# make run | make test [ARGS="-k something"] | make bench | make bench-connections | make bench-realtime | make bench-router | make bench-tools   (see README.md)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check --no-input -qq
 LAUNCH := $(PY) -m hil_project.launcher
 CHROMIUM := /usr/bin/chromium
+BWRAP  := /usr/bin/bwrap
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test bench bench-connections bench-realtime bench-router
+.PHONY: run test bench bench-connections bench-realtime bench-router bench-tools
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed $(BWRAP)
 	$(LAUNCH) run
 
-test: $(VENV)/.installed $(CHROMIUM)
+test: $(VENV)/.installed $(CHROMIUM) $(BWRAP)
 	$(LAUNCH) test $(ARGS)
 
-# The console's browser tests drive Debian's chromium (Playwright downloads no browser).
-$(CHROMIUM):
+# From Debian: chromium for the console's browser tests (Playwright downloads no browser); bubblewrap, Debian's
+# python3 and prlimit (util-linux) for the code tool's sandbox (tools/sandbox.py).
+$(CHROMIUM) $(BWRAP):
 	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium bubblewrap python3 util-linux
 
 bench: $(VENV)/.installed $(VENV)/.bench-installed
 	$(LAUNCH) exec python bench/engine.py
@@ -28,6 +30,10 @@ bench-connections: $(VENV)/.installed $(VENV)/.bench-installed
 
 bench-realtime: $(VENV)/.installed $(VENV)/.bench-installed
 	$(LAUNCH) exec python bench/realtime.py
+
+bench-tools: $(VENV)/.installed $(BWRAP)
+	$(LAUNCH) exec python bench/tools.py
+	$(PY) bench/pii.py
 
 # LiteLLM, the router's peer, in a virtualenv of its own: it needs another `openai` than HIL pins.
 bench-router: $(VENV)/.installed .venv-litellm/.installed

@@ -79,7 +79,9 @@ class ApiTokenAdmin(TenantScopedAdmin):
 @admin.register(AuditEntry)
 class AuditEntryAdmin(TenantScopedAdmin):
     list_display = ["created_at", "actor", "action", "object_type", "object_id"]
-    list_filter = ["tenant", "action"]
+    list_filter = ["tenant", "action", "object_type", "actor", "created_at"]
+    search_fields = ["action", "object_id"]
+    date_hierarchy = "created_at"
     readonly_fields = [f.name for f in AuditEntry._meta.fields]
 
     def has_add_permission(self, request):

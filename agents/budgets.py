@@ -20,6 +20,7 @@ from decimal import ROUND_CEILING, Decimal
 
 from core.redis import LUA_NOW, client, script
 
+MICROS = Decimal(1_000_000)
 HOLD_S = 15 * 60  # how long a reservation holds without being settled: longer than any model call
 RUN_KEYS_S = 30 * 86_400  # a run's and a step's counters live this long after their last reservation
 MONTH_GRACE_S = 7 * 86_400  # a month's counters outlive it: late settles land, analytics read them
@@ -129,6 +130,28 @@ return {1}
 """
 # ARGV: id, actual cost.
 SETTLE = FUNCTIONS + "budgets_settle(KEYS, ARGV[1], ARGV[2])"
+
+
+def of_step(ctx, monthly_usd=...) -> list[Budget]:
+    """What a call of the step `ctx` reserves against: the step's and the run's budgets if they have one, and the
+    tenant's month, always (its spending is counted, so that a budget set mid-month knows what was spent).
+    `monthly_usd`: the tenant's monthly budget, read from its settings when not given."""
+    if monthly_usd is ...:
+        from .models import AgentSettings
+
+        monthly_usd = AgentSettings.objects.filter(tenant_id=ctx.tenant_id).values_list(
+            "monthly_budget_usd", flat=True).first()
+    limits = []
+    if ctx.max_cost is not None:
+        limits.append(Budget.step(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id,
+                                  attempt=ctx.attempt, limit_micros=micros(ctx.max_cost)))
+    if ctx.run_max_cost is not None:
+        limits.append(Budget.run(tenant_id=ctx.tenant_id, run_id=ctx.run_id, limit_micros=micros(ctx.run_max_cost)))
+    return [*limits, Budget.month(tenant_id=ctx.tenant_id, limit_micros=micros(monthly_usd))]
+
+
+def micros(usd) -> int | None:
+    return None if usd is None else int(Decimal(str(usd)) * MICROS)
 
 
 def reserve(budgets: list[Budget], amount_micros: int, *, hold_s: float = HOLD_S) -> Reservation | Refusal:

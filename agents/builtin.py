@@ -12,7 +12,7 @@ from django.conf import settings
 
 from core import deadlines
 from core.expressions import evaluate
-from tools.services import tool_call_once
+from tools.mediation import tool_call
 
 from . import router
 from .llm import OfflineModel
@@ -125,13 +125,26 @@ def order_lookup(ctx: StepContext) -> dict:
 
 @register("issue_refund", config_schema={
     "type": "object", "additionalProperties": False, "required": ["order_id", "amount"],
-    "properties": {"order_id": {"type": "string", "format": "jmespath"}, "amount": {"type": "string", "format": "jmespath"}}})
+    "properties": {"order_id": {"type": "string", "format": "jmespath"},
+                   "amount": {"type": "string", "format": "jmespath"}}})
 def issue_refund(ctx: StepContext) -> dict:
-    """Record a refund in the tool-call ledger, once per idempotency key (the demo has no
-    payment provider; a real one would receive the same key). Config: `order_id`, `amount`
+    """Issue a refund with the `refunds.issue` tool (grant it to the node). Config: `order_id`, `amount`
     (JMESPath expressions)."""
-    args = {"order_id": evaluate(ctx.config["order_id"], ctx.state),
-            "amount": str(Decimal(str(evaluate(ctx.config["amount"], ctx.state))))}
-    result = tool_call_once(ctx=ctx, tool="refunds.issue", args=args,
-                            call=lambda a, key: {"refund_id": f"rf_{key[:8]}_{a['order_id']}", **a})
-    return {"refunded": True, **result}
+    amount = evaluate(ctx.config["amount"], ctx.state)
+    if isinstance(amount, int | float):
+        amount = str(Decimal(str(amount)).quantize(Decimal("0.01")))
+    args = {"order_id": evaluate(ctx.config["order_id"], ctx.state), "amount": amount}
+    result = tool_call(ctx, "refunds.issue", args)
+    return {"refunded": not result.get("refused"), **result}
+
+
+@register("tool", config_schema={
+    "type": "object", "additionalProperties": False, "required": ["tool"],
+    "properties": {"tool": {"type": "string"},
+                   "args": {"type": "object", "additionalProperties": {"type": "string", "format": "jmespath"}}}})
+def tool(ctx: StepContext) -> dict:
+    """Call one tool (grant it to the node). Config: `tool`, its name; `args`, {argument: JMESPath expression over
+    the run state}. Output: {"result": ...}, or the refusal {"refused": true, "code", "reason"} to route on."""
+    args = {name: evaluate(expression, ctx.state) for name, expression in ctx.config.get("args", {}).items()}
+    result = tool_call(ctx, ctx.config["tool"], args)
+    return result if result.get("refused") is True and "code" in result else {"result": result}

@@ -1,6 +1,9 @@
 """Agents that think with a model over the run's state: the planner and the reasoner."""
 
 import json
+from decimal import Decimal
+
+from tools.mediation import tool_call, tool_specs
 
 from . import registry, router
 from .builtin import prompt
@@ -60,21 +63,42 @@ def planner(ctx: StepContext) -> AgentResult:
 @register("reasoner", config_schema={
     "type": "object", "additionalProperties": False,
     "properties": {"task": {"type": "string"}, "profile": {"type": "string"}, "cache": router.CACHE_CONFIG,
-                   "max_tokens": {"type": "integer", "minimum": 1}}})
+                   "max_tokens": {"type": "integer", "minimum": 1},
+                   "max_tool_rounds": {"type": "integer", "minimum": 0, "maximum": 20}}})
 def reasoner(ctx: StepContext) -> AgentResult:
-    """Work toward an answer over the run's state and earlier artifacts. Config: `task` (what to answer),
-    `profile` (default `powerful`). Offline there is nothing to reason with: the node fails to its
-    failure path (HANDOVER) saying so."""
+    """Work toward an answer over the run's state and earlier artifacts, calling the tools granted to the node
+    (each call through tools.mediation: a refusal is shown to the model, which may answer or try otherwise).
+    Config: `task` (what to answer), `profile` (default `powerful`), `max_tool_rounds` (default 5). Offline
+    there is nothing to reason with: the node fails to its failure path (HANDOVER) saying so."""
     task = ctx.config.get("task", "Answer the customer's request.")
 
     def offline():
         raise StepFailure(f"the reasoner needs a model, and profile '{ctx.config.get('profile', 'powerful')}' "
                           "has none for this tenant")
 
-    answer = router.complete(
-        ctx, cache=ctx.config.get("cache", "exact"), profile=ctx.config.get("profile", "powerful"),
-        schema=ANSWER_SCHEMA,
-        max_tokens=ctx.config.get("max_tokens", 1000), offline=offline, messages=[
-            {"role": "system", "content": prompt("reasoner", task=task, facts=facts(ctx))},
-            {"role": "user", "content": ctx.state["input"]["text"]}])
-    return AgentResult(answer.data, cost=answer.cost, usage=answer.usage)
+    messages = [{"role": "system", "content": prompt("reasoner", task=task, facts=facts(ctx))},
+                {"role": "user", "content": ctx.state["input"]["text"]}]
+    specs = tool_specs(ctx)
+    rounds, cost, calls = ctx.config.get("max_tool_rounds", 5) if specs else 0, Decimal(0), []
+    for round_ in range(rounds + 1):
+        answer = router.complete(
+            ctx, cache=ctx.config.get("cache", "exact"), profile=ctx.config.get("profile", "powerful"),
+            schema=ANSWER_SCHEMA, max_tokens=ctx.config.get("max_tokens", 1000), offline=offline, messages=messages,
+            tools=specs if round_ < rounds else None)
+        cost += answer.cost
+        if not answer.tool_calls:
+            break
+        messages.append({"role": "assistant", "content": answer.text or None, "tool_calls": answer.tool_calls})
+        for call in answer.tool_calls:
+            name = call["function"]["name"].replace("__", ".")
+            try:
+                args = json.loads(call["function"]["arguments"] or "{}")
+            except json.JSONDecodeError as e:
+                result = {"refused": True, "code": "invalid_arguments", "reason": f"{name}: not JSON ({e.msg})"}
+            else:
+                result = tool_call(ctx, name, args)
+            calls.append({"tool": name, "refused": bool(result.get("refused"))})
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)})
+    if answer.data is None:
+        raise StepFailure(f"the model still called tools after {rounds} rounds")
+    return AgentResult({**answer.data, "tool_calls": calls}, cost=cost, usage=answer.usage)

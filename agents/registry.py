@@ -67,6 +67,11 @@ class StepContext:
     max_cost: float | None = None  # the node's budget in USD (limits.max_cost), held by the model router
     run_max_cost: float | None = None  # the run's budget in USD (the spec's limits.max_cost)
     on_budget: str = "HANDOVER"  # over that budget: HANDOVER, or "approval" to ask a human for more
+    workflow_id: int | None = None  # what tool grants and policies are scoped by
+    stage: Callable[[], str] = lambda: "auto"  # the workflow's rollout stage, read when a tool policy asks
+    tools: tuple = ()  # the tools the node's spec grants it (`tools:`); ToolGrant rows grant more
+    tool_cost: Decimal = Decimal(0)  # what the step's tool calls cost, added to the step's cost
+    pii_vault: object = None  # the run's PII tokens, once a redaction needed them (tools.services.pii_redact)
     calls: int = 0  # tool calls so far in this attempt: the n-th call has the same key in every attempt
     # What the step adds to the run besides its output (a model call's LLMCall row and `llm.call` event, a plan):
     # the engine commits them with the step's outcome, in the same statement, whatever that outcome is.
@@ -90,6 +95,23 @@ class StepContext:
 
     def wait_for_human(self, key: str, request: dict) -> NoReturn:
         raise WaitForHuman(key, request)
+
+    def cost_reserve(self, usd: Decimal):
+        """Reserve a tool call's cost against the step's, the run's and the tenant's monthly budgets, as a model
+        call's is: the reservation, or why it does not fit."""
+        from . import budgets
+
+        reservation = budgets.reserve(budgets.of_step(self), int(usd * budgets.MICROS))
+        if isinstance(reservation, budgets.Refusal):
+            return (f"${reservation.over_micros / budgets.MICROS:.6f} more than the {reservation.budget.scope} "
+                    "budget has left")
+        return reservation
+
+    def cost_settle(self, reservation, usd: Decimal) -> None:
+        from . import budgets
+
+        budgets.settle(reservation, int(usd * budgets.MICROS))
+        self.tool_cost += usd
 
 
 @dataclass

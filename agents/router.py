@@ -32,7 +32,7 @@ from django.conf import settings
 
 from core import redis
 from core.redis import LUA_NOW, script
-from tools.services import secret_value, tool_call_once
+from tools.services import pii_redact, secret_value, tool_call_once
 
 from . import breaker, budgets
 from . import cache as llm_cache
@@ -40,7 +40,7 @@ from .llm import OfflineModel
 from .models import STANDARD_PROFILES, AgentSettings, EndpointModel, LLMCall, ModelProfile
 from .registry import StepContext, StepFailure
 
-MICROS = Decimal(1_000_000)
+MICROS = budgets.MICROS
 # A node's `cache`: answers to the same request (`exact`, the default), also to a close paraphrase of the
 # customer's last message (`semantic`, agents/cache.py), or `none` (not "off", which YAML reads as false).
 CACHE_CONFIG = {"enum": ["exact", "semantic", "none"]}
@@ -65,15 +65,24 @@ class Answer:
 
 
 def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], str | dict], profile: str = "balanced",
-             schema: dict | None = None, max_tokens: int = 512, cache: str = "exact") -> Answer:
+             schema: dict | None = None, max_tokens: int = 512, cache: str = "exact",
+             tools: list[dict] | None = None) -> Answer:
+    """`tools`: functions the model may call instead of answering (tools.mediation.tool_specs); an answer that
+    calls them has `tool_calls` and no `data`, and is not cached. A model sees the tenant's redacted kinds of
+    personal data only as the run's tokens (<EMAIL_1>), which the reply's delivery fills back in."""
+    redacted = None
     while True:
         config = _configuration(ctx.tenant_id, profile)
         if not config.models:
             if not config.known:  # deleted since the workflow was published
                 raise StepFailure(f"the tenant has no model profile '{profile}'")
             return _offline(ctx, profile, offline)
+        if redacted is None:
+            redacted = messages = [{**m, "content": pii_redact(ctx, m["content"])}
+                                   if isinstance(m.get("content"), str) else m for m in messages]
         try:
-            return _complete(_Request(ctx, config, profile, messages, schema, max_tokens, cache))
+            return _complete(_Request(ctx, config, profile, messages, schema, max_tokens,
+                                      "none" if tools else cache, tools or None))
         except _ConfigChanged:  # an operator changed the tenant's models meanwhile: again, with the new ones
             _config.pop((ctx.tenant_id, profile), None)
 
@@ -93,6 +102,7 @@ class _Request:
     schema: dict | None
     max_tokens: int
     cache: str
+    tools: list[dict] | None
     skipped: list[str] = field(default_factory=list)  # why each model was passed over
     refusals: list[tuple[str, str, int]] = field(default_factory=list)  # over budget: why, which budget, by how much
     retry_after: list[float] = field(default_factory=list)  # seconds models asked us to wait
@@ -103,17 +113,7 @@ class _Request:
         self.prompt_tokens = count_tokens(self.messages)
 
     def reserve_against(self) -> list[budgets.Budget]:
-        """What a call reserves against: the step's and the run's budgets if they have one, and the tenant's
-        month, always (its spending is counted, so that a budget set mid-month knows what was spent)."""
-        ctx, tenant_settings, limits = self.ctx, self.config.settings, []
-        if ctx.max_cost is not None:
-            limits.append(budgets.Budget.step(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id,
-                                              attempt=ctx.attempt, limit_micros=_micros(ctx.max_cost)))
-        if ctx.run_max_cost is not None:
-            limits.append(budgets.Budget.run(tenant_id=ctx.tenant_id, run_id=ctx.run_id,
-                                             limit_micros=_micros(ctx.run_max_cost)))
-        return [*limits, budgets.Budget.month(tenant_id=ctx.tenant_id, limit_micros=_micros(
-            tenant_settings.monthly_budget_usd if tenant_settings else None))]
+        return budgets.of_step(self.ctx, self.config.settings.monthly_budget_usd if self.config.settings else None)
 
 
 def _complete(req: _Request) -> Answer:
@@ -213,6 +213,8 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
     api_key = req.config.keys[model.endpoint_id]
     client = _client(model.endpoint.base_url, api_key)
     request = {"model": model.model, "messages": list(req.messages), "max_tokens": req.max_tokens}
+    if req.tools:
+        request["tools"] = req.tools
     if schema is not None:
         request["response_format"] = (
             {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}} if model.supports_json_schema
@@ -241,7 +243,8 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
         spent += cost
         message = response.choices[0].message
         text = message.content or ""
-        data, invalid = _parsed(text, schema) if schema is not None else (None, None)
+        calls = [c.model_dump() for c in message.tool_calls or []]
+        data, invalid = _parsed(text, schema) if schema is not None and not calls else (None, None)
         record = dict(tokens_in=usage.prompt_tokens, tokens_cached=cached, tokens_out=usage.completion_tokens,
                       cost=Decimal(cost) / MICROS, attempt_started=started,
                       prompt=request["messages"] if req.store else None, completion=text if req.store else None)
@@ -249,7 +252,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
             _after(key, reservation, spent)
             _record(ctx, model, req.profile, outcome=LLMCall.Outcome.OK, **record)
             return Answer(text=text, data=data, model=model.model, cost=Decimal(spent) / MICROS,
-                          tool_calls=[c.model_dump() for c in message.tool_calls or []],
+                          tool_calls=calls,
                           usage={"model": model.model, "tokens_in": usage.prompt_tokens,
                                  "tokens_out": usage.completion_tokens, "calls": asked})
         _record(ctx, model, req.profile, outcome=LLMCall.Outcome.INVALID_OUTPUT, error=invalid, **record)
@@ -397,10 +400,6 @@ def _retry_after_s(e: openai.APIStatusError) -> float:
 def _client(base_url: str, api_key: str) -> openai.OpenAI:
     """One client (and connection pool) per endpoint and key, per process."""
     return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
-
-
-def _micros(usd) -> int | None:
-    return None if usd is None else int(Decimal(str(usd)) * MICROS)
 
 
 def _cost_micros(model: EndpointModel, tokens_in: int, cached: int, tokens_out: int) -> int:

@@ -34,6 +34,14 @@ class ApprovalRequest(models.Model):
     decided_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField()
     on_expiry = models.CharField(max_length=8, choices=OnExpiry.choices, default=OnExpiry.REJECT)
+    quorum = models.PositiveSmallIntegerField(default=1, help_text="How many distinct people must approve.")
+    approver_role = models.CharField(max_length=16, blank=True,
+                                     help_text="The lowest role that may decide (empty: any member who may act).")
+    policy = models.CharField(max_length=100, blank=True, help_text="The tool policy that asked for it.")
+    args_hash = models.CharField(max_length=64, blank=True,
+                                 help_text="SHA-256 of the tool and arguments it approves: it runs those or nothing.")
+    preview = models.JSONField(null=True, blank=True,
+                               help_text="What the call would do (a dry run), when the tool says.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -43,6 +51,20 @@ class ApprovalRequest(models.Model):
 
     def __str__(self):
         return f"{self.title} ({self.status})"
+
+
+class ApprovalVote(models.Model):
+    """One person's approval of a request that needs several (a quorum): each person counts once."""
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    approval = models.ForeignKey(ApprovalRequest, on_delete=models.CASCADE, related_name="votes")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [models.UniqueConstraint(fields=["approval", "user"], name="approval_vote_once")]
 
 
 class HandoverTicket(models.Model):

@@ -5,14 +5,14 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.models import Tenant
+from accounts.models import Membership, Role, Tenant
 from accounts.services import audit_record
-from core.errors import Conflict, ServiceError
-from tools.services import tool_call_decide
+from core.errors import Conflict, Forbidden, ServiceError
+from tools.mediation import RANK, tool_call_decide
 from workflows import services as conversations
 from workflows.events import doorbell_ring, events_append
 
-from .models import ApprovalRequest, DeskEvent, DeskSeq, HandoverTicket, TicketNote
+from .models import ApprovalRequest, ApprovalVote, DeskEvent, DeskSeq, HandoverTicket, TicketNote
 
 DESK = "desk"  # the doorbell stream of a tenant's desk events (workflows.doorbells.listen(tenant_id, DESK))
 
@@ -50,6 +50,8 @@ def approval_card(approval: ApprovalRequest) -> dict:
     """What the console's inbox shows of an approval (also the data of its desk events)."""
     return {"id": str(approval.id), "run": str(approval.run_id), "node": approval.node_id, "title": approval.title,
             "payload": approval.payload, "schema": approval.payload_schema, "status": approval.status,
+            "preview": approval.preview, "quorum": approval.quorum, "approver_role": approval.approver_role,
+            "votes": list(approval.votes.values_list("user__username", flat=True)) if approval.quorum > 1 else [],
             "created_at": approval.created_at.isoformat(), "expires_at": approval.expires_at.isoformat()}
 
 
@@ -68,9 +70,12 @@ def approval_open(*, run, node_id: str, call_key: str, request: dict) -> Approva
         pk=run.tenant_id)
     approval, created = ApprovalRequest.objects.get_or_create(
         run=run, node_id=node_id, call_key=call_key,
-        defaults={"tenant_id": run.tenant_id, "title": request["title"], "payload": request["payload"],
+        defaults={"tenant_id": run.tenant_id, "title": request["title"][:200], "payload": request["payload"],
                   "payload_schema": request.get("schema"), "expires_at": timezone.now() + timedelta(seconds=timeout_s),
-                  "on_expiry": request.get("on_expiry") or ApprovalRequest.OnExpiry.REJECT},
+                  "on_expiry": request.get("on_expiry") or ApprovalRequest.OnExpiry.REJECT,
+                  "quorum": request.get("quorum") or 1, "approver_role": request.get("approver_role") or "",
+                  "policy": request.get("policy") or "", "args_hash": request.get("args_hash") or "",
+                  "preview": request.get("preview")},
     )
     if created:
         events_append(run, ("approval.requested", {"approval": str(approval.id), "node": node_id, "call": call_key,
@@ -89,6 +94,13 @@ def approval_decide(*, approval: ApprovalRequest, decision: str, actor=None, pay
                 .get(pk=approval.pk))
     if approval.status != ApprovalRequest.Status.PENDING:
         raise Conflict(f"this approval was already decided ({approval.status})")
+    if actor is not None:
+        _may_decide(approval, actor)
+    if decision == "edit" and approval.quorum > 1:
+        raise ServiceError(f"this approval needs {approval.quorum} approvers, who approve the same arguments: "
+                           "approve or reject them as proposed")
+    if decision == "approve" and approval.quorum > 1 and not _quorum_reached(approval, actor, comment):
+        return approval
     if decision == "edit":
         if payload is None:
             raise ServiceError("an 'edit' decision needs the edited payload")
@@ -114,7 +126,7 @@ def approval_decide(*, approval: ApprovalRequest, decision: str, actor=None, pay
                      old={"status": "pending", "payload": approval.payload},
                      new={"status": approval.status, "payload": decided_payload, "comment": comment})
     if approval.call_key:  # a call inside a node waited: the node runs again and finds the decision
-        tool_call_decide(run_id=run.id, key=approval.call_key, decision={
+        tool_call_decide(run=run, key=approval.call_key, approval=approval, decision={
             "decision": decision, "payload": payload, "by": by, "comment": comment})
     if decision == "expire" and approval.on_expiry == ApprovalRequest.OnExpiry.HANDOVER:
         conversations.run_resume(run=run, node_id=approval.node_id, handover=f"approval '{approval.title}' expired")
@@ -125,6 +137,32 @@ def approval_decide(*, approval: ApprovalRequest, decision: str, actor=None, pay
             "decision": decision, "approved": decision in ("approve", "edit"), "payload": decided_payload,
             "comment": comment, "by": by})
     return approval
+
+
+def _may_decide(approval: ApprovalRequest, actor) -> None:
+    role = Membership.objects.filter(tenant_id=approval.tenant_id, user=actor).values_list("role", flat=True).first()
+    if role in (None, Role.VIEWER) or approval.approver_role and RANK[role] < RANK[approval.approver_role]:
+        raise Forbidden(f"this approval needs a decision by the role {approval.approver_role or 'agent'} or above")
+
+
+def _quorum_reached(approval: ApprovalRequest, actor, comment: str) -> bool:
+    """Count `actor`'s approval; True once `quorum` distinct people approved. Each person counts once."""
+    if actor is None:
+        raise ServiceError("an approval that needs several approvers is approved by people")
+    _, counted = ApprovalVote.objects.get_or_create(approval=approval, user=actor,
+                                                    defaults={"tenant_id": approval.tenant_id, "comment": comment})
+    if not counted:
+        raise Conflict(f"you already approved this; it needs {approval.quorum} different people")
+    votes = approval.votes.count()
+    by = actor.get_username()
+    audit_record(tenant_id=approval.tenant_id, actor=actor, action="approval.vote", obj=approval,
+                 new={"votes": votes, "quorum": approval.quorum, "comment": comment})
+    if votes >= approval.quorum:
+        return True
+    events_append(approval.run, ("approval.voted", {"approval": str(approval.id), "node": approval.node_id,
+                                                    "by": by, "votes": votes, "quorum": approval.quorum}))
+    desk_append(tenant_id=approval.tenant_id, type_="approval.voted", data=approval_card(approval))
+    return False
 
 
 def approvals_expire(*, limit: int = 500) -> int:

@@ -9,6 +9,10 @@ class Conflict(ServiceError):
     """A request that lost a race or came too late (409): already decided, held by someone else."""
 
 
+class Forbidden(ServiceError):
+    """The caller's role does not allow this (403)."""
+
+
 class NotFound(ServiceError):
     """What the request names does not exist (404)."""
 

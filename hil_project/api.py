@@ -5,14 +5,16 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core.errors import Conflict, NotFound, ServiceError
+from core.errors import Conflict, Forbidden, NotFound, ServiceError
 
 
 def exception_handler(exc, context):
     """Every error is JSON with a `detail` saying what is wrong; a service's refusal is a 400, a
-    request that lost a race or came too late a 409, one naming what does not exist a 404."""
+    request that lost a race or came too late a 409, one naming what does not exist a 404, one the caller's
+    role does not allow a 403."""
     if isinstance(exc, ServiceError):
-        status = 409 if isinstance(exc, Conflict) else 404 if isinstance(exc, NotFound) else 400
+        status = next((code for kind, code in ((Conflict, 409), (NotFound, 404), (Forbidden, 403))
+                       if isinstance(exc, kind)), 400)
         return Response({"detail": str(exc)}, status=status)
     return drf_exception_handler(exc, context)
 

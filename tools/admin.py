@@ -1,12 +1,15 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db import models
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.admin import TenantScopedAdmin
 
-from .models import Secret, ToolCall
-from .services import secret_delete, secret_set
+from core.errors import ServiceError
+
+from .models import McpServer, RedactionSettings, Secret, Tool, ToolCall, ToolGrant, ToolLimit, ToolPolicy
+from .services import governed_delete, governed_save, mcp_server_sync, secret_delete, secret_set
 
 
 @admin.register(ToolCall)
@@ -70,3 +73,98 @@ class SecretAdmin(TenantScopedAdmin):
     def delete_queryset(self, request, queryset):
         for secret in queryset.select_related("tenant"):
             secret_delete(tenant=secret.tenant, name=secret.name, actor=request.user)
+
+
+class GovernedAdmin(TenantScopedAdmin):
+    """Changes go through tools.services.governed_save/delete: validated, audited, and read by every worker at once."""
+
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+
+    def save_model(self, request, obj, form, change):
+        governed_save(obj=obj, actor=request.user)  # the form ran the model's checks already
+
+    def delete_model(self, request, obj):
+        governed_delete(obj=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            governed_delete(obj=obj, actor=request.user)
+
+
+class ToolInline(admin.TabularInline):
+    model = Tool
+    fields = ["name", "risk", "cost_usd", "enabled", "description"]
+    readonly_fields = ["name", "risk", "cost_usd", "enabled", "description"]
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(McpServer)
+class McpServerAdmin(GovernedAdmin):
+    """An MCP server's tools are listed when it is saved (and with the action): each becomes a tool named
+    <server>.<tool>, which no workflow may call until it is granted; set each one's risk on the tool."""
+
+    list_display = ["name", "tenant", "transport", "enabled", "synced_at", "sync_error"]
+    list_filter = ["tenant", "transport"]
+    readonly_fields = ["synced_at", "sync_error"]
+    inlines = [ToolInline]
+    actions = ["sync"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        self.sync(request, [obj])
+
+    @admin.action(description="List the selected servers' tools again")
+    def sync(self, request, queryset):
+        for server in queryset:
+            try:
+                tools = mcp_server_sync(server=server, actor=request.user)
+            except ServiceError as e:
+                self.message_user(request, str(e), messages.ERROR)
+            else:
+                self.message_user(request, f"{server.name}: {len(tools)} tools: {', '.join(t.name for t in tools)}")
+
+
+@admin.register(Tool)
+class ToolAdmin(GovernedAdmin):
+    list_display = ["name", "tenant", "kind", "risk", "cost_usd", "enabled"]
+    list_filter = ["tenant", "kind", "risk", "enabled"]
+    search_fields = ["name", "description"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj and obj.kind == Tool.Kind.MCP:  # what the server says it takes and gives
+            return ["kind", "mcp_server", "remote_name", "input_schema", "output_schema", "url", "secret"]
+        return ["mcp_server", "remote_name"]
+
+
+@admin.register(ToolGrant)
+class ToolGrantAdmin(GovernedAdmin):
+    list_display = ["workflow", "node_id", "tool", "tenant", "created_at"]
+    list_filter = ["tenant", "workflow"]
+    search_fields = ["tool", "node_id"]
+
+
+@admin.register(ToolPolicy)
+class ToolPolicyAdmin(GovernedAdmin):
+    list_display = ["name", "tenant", "enabled", "tool", "risk", "workflow", "stage", "condition", "require",
+                    "approver_role", "quorum"]
+    list_filter = ["tenant", "enabled", "require", "risk"]
+    search_fields = ["name", "tool", "condition"]
+    fieldsets = [(None, {"fields": ["tenant", "name", "enabled"]}),
+                 ("Which calls", {"fields": ["tool", "risk", "workflow", "stage", "condition"]}),
+                 ("What they need", {"fields": ["require", "approver_role", "quorum", "timeout_s", "on_expiry"]})]
+
+
+@admin.register(ToolLimit)
+class ToolLimitAdmin(GovernedAdmin):
+    list_display = ["tool", "tenant", "calls", "window_s", "per_day", "per_month"]
+    list_filter = ["tenant"]
+
+
+@admin.register(RedactionSettings)
+class RedactionSettingsAdmin(GovernedAdmin):
+    list_display = ["tenant", "email", "phone", "card", "iban", "national_id"]

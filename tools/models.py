@@ -1,4 +1,11 @@
+import jmespath
+import jsonschema
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+
+from core.expressions import compile_expression
+from core.rollout import Stage
 
 
 class ToolCall(models.Model):
@@ -61,3 +68,242 @@ class Secret(models.Model):
     @property
     def masked(self) -> str:
         return "••••" + self.last4
+
+
+class Risk(models.TextChoices):
+    """What a tool can do, from least to most: the policies and the defaults key on it."""
+
+    READ = "read", "read: changes nothing"
+    WRITE = "write", "write: changes data, can be undone"
+    DESTRUCTIVE = "destructive", "destructive: deletes or cannot be undone"
+    EXTERNAL = "external", "external: reaches outside (sends, pays, runs code)"
+
+
+APPROVER_ROLES = [("agent", "agent"), ("operator", "operator"), ("admin", "admin")]  # each may what the one before may
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*$"
+name_validator = RegexValidator(NAME_PATTERN, "lower-case letters, digits, '_' and '-', in parts joined by '.'")
+
+
+class Tool(models.Model):
+    """A tenant's tool other than the built-ins (which declare their contract in code, tools/contracts.py):
+    one of an MCP server's, turned into a tool when the server is synced, or an HTTP endpoint."""
+
+    class Kind(models.TextChoices):
+        MCP = "mcp", "MCP server"
+        HTTP = "http", "HTTP endpoint"
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100, validators=[name_validator],
+                            help_text="How workflows and grants name it, e.g. crm.issue_refund.")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    description = models.TextField(blank=True)
+    input_schema = models.JSONField(default=dict, help_text="JSON Schema its arguments must meet.")
+    output_schema = models.JSONField(null=True, blank=True,
+                                     help_text="JSON Schema its result must meet (none: any object).")
+    risk = models.CharField(max_length=12, choices=Risk.choices, default=Risk.WRITE)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0,
+                                   help_text="What one call costs (USD), reserved against the step's, run's and "
+                                             "month's budgets.")
+    enabled = models.BooleanField(default=True)
+    mcp_server = models.ForeignKey("McpServer", null=True, blank=True, on_delete=models.CASCADE, related_name="tools")
+    remote_name = models.CharField(max_length=200, blank=True, help_text="Its name on its MCP server.")
+    url = models.URLField(blank=True, help_text="HTTP: the arguments are POSTed here as JSON.")
+    secret = models.SlugField(max_length=100, blank=True, help_text="HTTP: a secret sent as a Bearer token.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="tool_name_unique")]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if self.mcp_server_id and self.mcp_server.tenant_id != self.tenant_id:
+            raise ValidationError({"mcp_server": "That MCP server belongs to another tenant."})
+        if self.kind == self.Kind.HTTP and not self.url:
+            raise ValidationError({"url": "An HTTP tool needs the URL its arguments are POSTed to."})
+        for field in ("input_schema", "output_schema"):
+            _check_schema(field, getattr(self, field))
+
+
+def _check_schema(field: str, schema) -> None:
+    if schema is None:
+        return
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise ValidationError({field: f"Not a JSON Schema: {e.message}"}) from None
+    if schema.get("type", "object") != "object":
+        raise ValidationError({field: "A tool takes and gives JSON objects: the schema's type must be object."})
+
+
+class McpServer(models.Model):
+    """A tenant's MCP server: a command run over stdio, or a streamable HTTP URL."""
+
+    class Transport(models.TextChoices):
+        STDIO = "stdio", "stdio (a command)"
+        HTTP = "http", "streamable HTTP (a URL)"
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    name = models.SlugField(max_length=50, help_text="Its tools are named <name>.<tool>.")
+    transport = models.CharField(max_length=5, choices=Transport.choices)
+    command = models.JSONField(default=list, blank=True,
+                               help_text='stdio: the command, as a list: ["python", "-m", "srv"].')
+    url = models.URLField(blank=True, help_text="http: the server's endpoint.")
+    headers = models.JSONField(default=dict, blank=True,
+                               help_text='Header name -> the name of the secret whose value is sent as it: '
+                                         '{"Authorization": "crm-token"} (the secret holding "Bearer ...").')
+    env = models.JSONField(default=dict, blank=True,
+                           help_text="stdio: environment variable -> the name of the secret it is set to.")
+    timeout_s = models.PositiveIntegerField(default=30)
+    enabled = models.BooleanField(default=True)
+    synced_at = models.DateTimeField(null=True, blank=True, editable=False)
+    sync_error = models.TextField(blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="mcp_server_name_unique")]
+        verbose_name = "MCP server"
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        command = self.command
+        if self.transport == self.Transport.STDIO and not (
+                isinstance(command, list) and command and all(isinstance(a, str) and a for a in command)):
+            raise ValidationError({"command": 'A stdio server needs its command, a list of strings: '
+                                              '["python", "srv.py"].'})
+        if self.transport == self.Transport.HTTP and not self.url:
+            raise ValidationError({"url": "A streamable HTTP server needs its URL."})
+        for field in ("headers", "env"):
+            refs = getattr(self, field)
+            if not isinstance(refs, dict) or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                                     for k, v in refs.items()):
+                raise ValidationError({field: "A mapping of names to secret names, all strings."})
+
+
+class ToolGrant(models.Model):
+    """A workflow node may call a tool: nothing is granted by default (a node's `tools:` in its spec grants too)."""
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    workflow = models.ForeignKey("workflows.Workflow", on_delete=models.CASCADE, related_name="+")
+    node_id = models.CharField(max_length=64)
+    tool = models.CharField(max_length=100, validators=[name_validator])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["workflow", "node_id", "tool"]
+        constraints = [models.UniqueConstraint(fields=["workflow", "node_id", "tool"], name="tool_grant_unique")]
+
+    def __str__(self):
+        return f"{self.workflow}.{self.node_id} → {self.tool}"
+
+    def clean(self):
+        from .contracts import builtins
+
+        if self.workflow_id and self.workflow.tenant_id != self.tenant_id:
+            raise ValidationError({"workflow": "That workflow belongs to another tenant."})
+        spec = self.workflow.live_version.spec if self.workflow_id and self.workflow.live_version_id else None
+        if spec is not None and self.node_id not in {n["id"] for n in spec["nodes"]}:
+            raise ValidationError({"node_id": f"The live version of {self.workflow} has no node '{self.node_id}'."})
+        if self.tool not in builtins() and not Tool.objects.filter(tenant_id=self.tenant_id, name=self.tool).exists():
+            raise ValidationError({"tool": f"There is no tool {self.tool} (built-in, or the tenant's)."})
+
+
+class ToolPolicy(models.Model):
+    """A rule on tool calls, checked in code before each call. Of the enabled policies that match a call,
+    the strictest applies: deny, then the most approvers, then the highest role. A call no policy matches
+    needs an operator's approval if its tool is destructive, and nothing otherwise."""
+
+    class Require(models.TextChoices):
+        NOTHING = "nothing"
+        APPROVAL = "approval"
+        DENY = "deny"
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100)
+    enabled = models.BooleanField(default=True)
+    tool = models.CharField(max_length=100, blank=True,
+                            help_text="The tool's name, or a pattern such as crm.* (empty: any tool).")
+    risk = models.CharField(max_length=12, choices=Risk.choices, blank=True, help_text="Empty: any risk.")
+    workflow = models.ForeignKey("workflows.Workflow", null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="+", help_text="Empty: any workflow.")
+    stage = models.CharField(max_length=8, choices=Stage.choices, blank=True,
+                             help_text="The workflow's rollout stage (empty: any).")
+    condition = models.CharField(max_length=500, blank=True,
+                                 help_text="A JMESPath expression over the arguments, e.g. amount > `100` "
+                                           "(empty: always).")
+    require = models.CharField(max_length=8, choices=Require.choices, default=Require.APPROVAL)
+    approver_role = models.CharField(max_length=16, choices=APPROVER_ROLES, default="agent",
+                                     help_text="The lowest role that may approve.")
+    quorum = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1), MaxValueValidator(10)],
+                                              help_text="How many distinct people must approve.")
+    timeout_s = models.PositiveIntegerField(null=True, blank=True,
+                                            help_text="How long the approval waits (empty: the tenant's default).")
+    on_expiry = models.CharField(max_length=8, default="reject", choices=[
+        ("reject", "reject the call"), ("HANDOVER", "hand the conversation over to a human")])
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "tool policies"
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="tool_policy_name_unique")]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if self.workflow_id and self.workflow.tenant_id != self.tenant_id:
+            raise ValidationError({"workflow": "That workflow belongs to another tenant."})
+        if self.condition:
+            try:
+                compile_expression(self.condition)
+            except jmespath.exceptions.JMESPathError as e:
+                raise ValidationError({"condition": f"Not a JMESPath expression: {e}"}) from None
+
+
+class ToolLimit(models.Model):
+    """How often a tenant's workflows may call a tool, counted across every worker (Redis)."""
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    tool = models.CharField(max_length=100, validators=[name_validator])
+    calls = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many calls per window.")
+    window_s = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
+    per_day = models.PositiveIntegerField(null=True, blank=True, help_text="Quota per day (UTC).")
+    per_month = models.PositiveIntegerField(null=True, blank=True, help_text="Quota per calendar month (UTC).")
+
+    class Meta:
+        ordering = ["tool"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "tool"], name="tool_limit_unique")]
+
+    def __str__(self):
+        return self.tool
+
+
+class RedactionSettings(models.Model):
+    """Which kinds of personal data are replaced by tokens (<EMAIL_1>) before a model, an event or a log sees
+    them. A tenant without a row redacts them all."""
+
+    tenant = models.OneToOneField("accounts.Tenant", on_delete=models.CASCADE, primary_key=True, related_name="+")
+    email = models.BooleanField(default=True)
+    phone = models.BooleanField(default=True)
+    card = models.BooleanField(default=True, help_text="Payment card numbers (Luhn-checked).")
+    iban = models.BooleanField(default=True)
+    national_id = models.BooleanField(default=True, help_text="National identity numbers.")
+
+    class Meta:
+        verbose_name_plural = "redaction settings"
+
+    def entities(self) -> tuple[str, ...]:
+        return tuple(name for name in ("email", "phone", "card", "iban", "national_id") if getattr(self, name))
+
+
+class PiiVault(models.Model):
+    """The values behind one run's PII tokens, encrypted as a secret is: to fill a reply in for the customer."""
+
+    run = models.OneToOneField("workflows.Run", on_delete=models.CASCADE, primary_key=True, related_name="+")
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    ciphertext = models.BinaryField()
+    updated_at = models.DateTimeField(auto_now=True)

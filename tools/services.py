@@ -1,19 +1,27 @@
+import hashlib
 import json
+import re
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import F
+from django.forms.models import model_to_dict
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import Tenant
 from accounts.services import audit_record
+from core import redis
 from core.errors import SecretNotFound, SecretUnreadable, ServiceError
 
-from . import crypto
-from .models import Secret, ToolCall
+from . import crypto, mcp, pii
+from .models import (McpServer, PiiVault, RedactionSettings, Risk, Secret, Tool, ToolCall, ToolGrant, ToolLimit,
+                     ToolPolicy)
 
 
 class ToolCallConflict(Exception):
@@ -21,7 +29,7 @@ class ToolCallConflict(Exception):
 
 
 def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], dict],
-                   approval: dict | None = None) -> dict:
+                   approval: dict | None = None, admit: Callable[[], None] | None = None) -> dict:
     """Make a side effect once per idempotency key: `call(args, key)` acts and returns a JSON object.
 
     The contract for every tool: a call recorded as succeeded is never made again; its result is
@@ -29,10 +37,12 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], di
     made again with the same key, so the system it acts on must treat a repeated key as the same
     request (a payment provider's idempotency key, an upsert, a unique constraint).
 
-    With `approval` ({"title", "schema", "timeout_s", "on_expiry"}, all but the title optional) the call
-    first waits for a human: the run waits holding no worker, and the step runs again once the
-    decision is in. Approved, the call is made with the approved (perhaps edited) arguments;
-    rejected, it returns {"refused": True, "reason": ...} and acts on nothing."""
+    With `approval` ({"title", "schema", "timeout_s", "on_expiry", and a policy's "quorum", "approver_role",
+    "policy", "args_hash", "preview"}, all but the title optional) the call first waits for a human: the run
+    waits holding no worker, and the step runs again once the decision is in. Approved, the call is made with
+    the approved (perhaps edited) arguments, and only those (their hash was recorded with the decision);
+    rejected, it returns {"refused": True, "reason": ...} and acts on nothing. `admit()`, called right before
+    the call is made, may refuse it by raising: the row then waits for the next attempt."""
     args = json.loads(json.dumps(args))  # as the ledger stores and returns them
     seq, key = ctx.call_key()
     record = ToolCall.objects.filter(run_id=ctx.run_id, node_id=ctx.node_id, seq=seq).first()
@@ -52,6 +62,10 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], di
         ctx.wait_for_human(key, {**approval, "tool": tool, "payload": args})
     if record.decision and record.decision.get("payload") is not None:
         args = record.decision["payload"]
+    if record.decision and record.decision.get("args_hash", args_hash(tool, args)) != args_hash(tool, args):
+        raise ToolCallConflict(f"call {seq} of node '{ctx.node_id}': the arguments differ from those approved")
+    if admit is not None:
+        admit()
     _record(ctx, record, status=ToolCall.Status.PENDING, executions=F("executions") + 1)
     try:
         result = call(args, key)
@@ -62,19 +76,15 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], di
     return result
 
 
-def tool_call_decide(*, run_id, key: str, decision: dict) -> None:
-    """Record a human's decision on a call that waited for one: {"decision", "payload", "by", "comment"}.
-    Called inside the decision's transaction; the step runs again after it."""
-    approved = decision["decision"] in ("approve", "edit")
-    ToolCall.objects.filter(run_id=run_id, idempotency_key=key, status=ToolCall.Status.AWAITING).update(
-        status=ToolCall.Status.PENDING if approved else ToolCall.Status.REJECTED, decision=decision,
-        updated_at=timezone.now())
-
-
 def _record(ctx, record: ToolCall, **fields) -> None:
     """Update the call's row, only while this worker still holds the run."""
     with ctx.holding():
         ToolCall.objects.filter(pk=record.pk).update(updated_at=timezone.now(), **fields)
+
+
+def args_hash(tool: str, args: dict) -> str:
+    """What an approval is bound to: the tool and its arguments, canonically."""
+    return hashlib.sha256(json.dumps([tool, args], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _refusal(decision: dict) -> str:
@@ -132,26 +142,31 @@ def secret_delete(*, tenant: Tenant, name: str, actor=None) -> None:
 @sensitive_variables()
 @transaction.atomic
 def secrets_rotate(*, new_master_key: bytes) -> tuple[int, int]:
-    """Re-encrypt every secret of every tenant under `new_master_key`, all or none; then HIL_MASTER_KEY is
-    to be set to it. Returns (re-encrypted, already under the new key): running it again is harmless."""
-    with connection.cursor() as cursor:  # no secret is written under the retiring key meanwhile; reads go on
-        cursor.execute(f"LOCK TABLE {Secret._meta.db_table} IN EXCLUSIVE MODE")
-    rotated, already = [], 0
-    for secret in Secret.objects.select_related("tenant").order_by("pk").iterator(chunk_size=500):
-        try:
-            value = crypto.decrypt(settings.HIL_MASTER_KEY, secret.tenant_id, secret.name, secret.ciphertext)
-        except crypto.Undecryptable:
+    """Re-encrypt every secret (and every run's PII vault) of every tenant under `new_master_key`, all or none;
+    then HIL_MASTER_KEY is to be set to it. Returns (re-encrypted, already under the new key): running it again is
+    harmless."""
+    with connection.cursor() as cursor:  # nothing is written under the retiring key meanwhile; reads go on
+        for model in (Secret, PiiVault):
+            cursor.execute(f"LOCK TABLE {model._meta.db_table} IN EXCLUSIVE MODE")
+    rotated, already = 0, 0
+    for model, name_of in ((Secret, lambda row: row.name), (PiiVault, lambda row: f"pii:{row.run_id}")):
+        changed = []
+        for row in model.objects.select_related("tenant").order_by("pk").iterator(chunk_size=500):
             try:
-                crypto.decrypt(new_master_key, secret.tenant_id, secret.name, secret.ciphertext)
+                value = crypto.decrypt(settings.HIL_MASTER_KEY, row.tenant_id, name_of(row), row.ciphertext)
             except crypto.Undecryptable:
-                raise SecretUnreadable(f"secret '{secret.name}' of tenant {secret.tenant.slug} decrypts under neither "
-                                       f"the current master key nor the new one; nothing was re-encrypted") from None
-            already += 1
-            continue
-        secret.ciphertext = crypto.encrypt(new_master_key, secret.tenant_id, secret.name, value)
-        rotated.append(secret)
-    Secret.objects.bulk_update(rotated, ["ciphertext"], batch_size=500)
-    return len(rotated), already
+                try:
+                    crypto.decrypt(new_master_key, row.tenant_id, name_of(row), row.ciphertext)
+                except crypto.Undecryptable:
+                    raise SecretUnreadable(f"secret '{name_of(row)}' of tenant {row.tenant.slug} decrypts under neither "
+                                           "the current master key nor the new one; nothing was re-encrypted") from None
+                already += 1
+                continue
+            row.ciphertext = crypto.encrypt(new_master_key, row.tenant_id, name_of(row), value)
+            changed.append(row)
+        model.objects.bulk_update(changed, ["ciphertext"], batch_size=500)
+        rotated += len(changed)
+    return rotated, already
 
 
 @sensitive_variables("value")
@@ -170,3 +185,176 @@ def _check_secret(*, name: str, value: str) -> None:
         raise ServiceError("a secret's value must be valid text (no lone surrogates)") from None
     if size > Secret.MAX_VALUE_BYTES:
         raise ServiceError(f"a secret's value may be at most {Secret.MAX_VALUE_BYTES} bytes (UTF-8)")
+
+
+# --- a tenant's tool configuration: read by every call, cached per process until it changes
+
+
+@dataclass(frozen=True)
+class TenantTools:
+    version: bytes | None  # the tenant's counter in Redis when it was read
+    expires: float  # time.monotonic(): read again after this in any case (Redis lost the counter, say)
+    tools: dict  # name -> Tool (with its MCP server)
+    grants: frozenset  # (workflow id, node id, tool)
+    policies: tuple  # the enabled ToolPolicy rows
+    limits: dict  # tool -> ToolLimit
+    redaction: tuple  # the PII entities redacted
+
+
+CONFIG_TTL_S = 30
+_tenant_tools: dict[int, TenantTools] = {}
+
+
+def tenant_tools(tenant_id: int) -> TenantTools:
+    """The tenant's tools, grants, policies, limits and redaction settings, as this process last read them:
+    one Redis read per call while nothing changed."""
+    version = redis.client().get(_tools_key(tenant_id))
+    found = _tenant_tools.get(tenant_id)
+    if found is not None and found.version == version and found.expires > time.monotonic():
+        return found
+    redaction = RedactionSettings.objects.filter(tenant_id=tenant_id).first()
+    found = TenantTools(
+        version, time.monotonic() + CONFIG_TTL_S,
+        {t.name: t for t in Tool.objects.filter(tenant_id=tenant_id).select_related("mcp_server")},
+        frozenset(ToolGrant.objects.filter(tenant_id=tenant_id).values_list("workflow_id", "node_id", "tool")),
+        tuple(ToolPolicy.objects.filter(tenant_id=tenant_id, enabled=True)),
+        {limit.tool: limit for limit in ToolLimit.objects.filter(tenant_id=tenant_id)},
+        redaction.entities() if redaction else pii.ENTITIES)
+    _tenant_tools[tenant_id] = found
+    return found
+
+
+def _tools_key(tenant_id: int) -> str:
+    return f"hil:{{t{tenant_id}}}:tools-config"
+
+
+def tools_changed(tenant_id: int) -> None:
+    """Every process reads the tenant's tool configuration again on its next call: told now, and again after
+    commit, for one that read the old configuration in between."""
+    redis.client().incr(_tools_key(tenant_id))
+    transaction.on_commit(lambda: redis.client().incr(_tools_key(tenant_id)))
+
+
+GOVERNED = (Tool, McpServer, ToolGrant, ToolPolicy, ToolLimit, RedactionSettings)
+
+
+def _shown(obj) -> dict:
+    return json.loads(json.dumps(model_to_dict(obj), cls=DjangoJSONEncoder))
+
+
+@transaction.atomic
+def governed_save(*, obj, actor) -> None:
+    """Save a tool, MCP server, grant, policy, limit or redaction setting (validated), with its audit row."""
+    try:
+        obj.full_clean()
+    except ValidationError as e:
+        raise ServiceError("; ".join(f"{field}: {' '.join(errors)}" if field != "__all__" else " ".join(errors)
+                                     for field, errors in e.message_dict.items())) from None
+    old = type(obj).objects.filter(pk=obj.pk).first() if obj.pk else None
+    obj.save()
+    action = f"{obj._meta.model_name}.{'change' if old else 'add'}"
+    audit_record(tenant_id=obj.tenant_id, actor=actor, action=action, obj=obj, old=_shown(old) if old else None,
+                 new=_shown(obj))
+    tools_changed(obj.tenant_id)
+
+
+@transaction.atomic
+def governed_delete(*, obj, actor) -> None:
+    audit_record(tenant_id=obj.tenant_id, actor=actor, action=f"{obj._meta.model_name}.delete", obj=obj,
+                 old=_shown(obj))
+    obj.delete()
+    tools_changed(obj.tenant_id)
+
+
+# --- PII: redacted into tokens for models, events and logs; filled back in for the customer
+
+
+def pii_redact(ctx, value):
+    """`value` (a string, or JSON) with the personal data the tenant redacts replaced by the run's tokens."""
+    entities = tenant_tools(ctx.tenant_id).redaction
+    if not entities:
+        return value
+    if ctx.pii_vault is None:  # most values hold none: the run's stored tokens are read only once one does
+        redacted = pii.redact_json(value, vault=pii.Vault(), entities=entities)
+        if redacted == value:
+            return value
+        row = PiiVault.objects.filter(run_id=ctx.run_id).first()
+        ctx.pii_vault = (pii.Vault.from_json(_vault_open(ctx.tenant_id, ctx.run_id, row.ciphertext)) if row
+                         else pii.Vault())
+    redacted = pii.redact_json(value, vault=ctx.pii_vault, entities=entities)
+    if ctx.pii_vault.changed:
+        ctx.pii_vault.changed = False
+        with ctx.holding():
+            PiiVault.objects.update_or_create(run_id=ctx.run_id, defaults={
+                "tenant_id": ctx.tenant_id, "ciphertext": crypto.encrypt(
+                    settings.HIL_MASTER_KEY, ctx.tenant_id, f"pii:{ctx.run_id}", json.dumps(ctx.pii_vault.to_json()))})
+    return redacted
+
+
+def pii_refill(*, tenant_id: int, run_id, text: str) -> str:
+    """The text with the run's PII tokens replaced by the values they stand for: for the customer's eyes."""
+    if "<" not in text:
+        return text
+    row = PiiVault.objects.filter(run_id=run_id).first()
+    if row is None:
+        return text
+    return pii.refill(text, pii.Vault.from_json(_vault_open(tenant_id, run_id, row.ciphertext)))
+
+
+@sensitive_variables()
+def _vault_open(tenant_id: int, run_id, ciphertext) -> dict:
+    return json.loads(crypto.decrypt(settings.HIL_MASTER_KEY, tenant_id, f"pii:{run_id}", ciphertext))
+
+
+# --- MCP servers
+
+
+def mcp_endpoint(server: McpServer) -> mcp.McpEndpoint:
+    """The server as the MCP client reaches it, with its secrets filled in."""
+    tenant = Tenant(pk=server.tenant_id)
+    if server.transport == McpServer.Transport.STDIO:
+        return mcp.McpEndpoint("stdio", command=tuple(server.command), env={
+            name: secret_value(tenant=tenant, name=secret) for name, secret in server.env.items()})
+    return mcp.McpEndpoint("http", url=server.url, headers={
+        name: secret_value(tenant=tenant, name=secret) for name, secret in server.headers.items()})
+
+
+def mcp_server_sync(*, server: McpServer, actor) -> list[Tool]:
+    """List the server's tools and make each a tool of the tenant, `<server>.<tool>`, with its schemas. A new one
+    takes its risk from the server's hints (read-only, destructive, open-world; otherwise write); an operator's
+    risk, cost and switch are kept; one the server no longer lists is disabled."""
+    try:
+        listed = mcp.mcp_tools(mcp_endpoint(server), timeout_s=server.timeout_s)
+    except (mcp.McpError, SecretNotFound, SecretUnreadable) as e:
+        McpServer.objects.filter(pk=server.pk).update(sync_error=str(e)[:2000])
+        raise ServiceError(f"MCP server '{server.name}': {e}") from None
+    with transaction.atomic():
+        known = {tool.remote_name: tool for tool in server.tools.all()}
+        synced = []
+        for item in listed:
+            tool = known.pop(item["name"], None) or Tool(
+                tenant_id=server.tenant_id, kind=Tool.Kind.MCP, mcp_server=server, remote_name=item["name"],
+                name=f"{server.name}.{_tool_name(item['name'])}", risk=_risk(item["annotations"]))
+            tool.description, tool.input_schema = item["description"], item["input_schema"] or {"type": "object"}
+            tool.output_schema = item["output_schema"]
+            tool.full_clean()
+            tool.save()
+            synced.append(tool)
+        Tool.objects.filter(pk__in=[tool.pk for tool in known.values()]).update(enabled=False)
+        McpServer.objects.filter(pk=server.pk).update(synced_at=timezone.now(), sync_error="")
+        audit_record(tenant_id=server.tenant_id, actor=actor, action="mcpserver.sync", obj=server,
+                     new={"tools": [tool.name for tool in synced], "disabled": [t.name for t in known.values()]})
+        tools_changed(server.tenant_id)
+    return synced
+
+
+def _tool_name(remote: str) -> str:
+    return re.sub(r"[^a-z0-9_-]+", "_", remote.lower()).strip("_-")[:80] or "tool"
+
+
+def _risk(annotations: dict) -> str:
+    if annotations.get("readOnlyHint"):
+        return Risk.READ
+    if annotations.get("destructiveHint"):
+        return Risk.DESTRUCTIVE
+    return Risk.EXTERNAL if annotations.get("openWorldHint") else Risk.WRITE

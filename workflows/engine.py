@@ -34,11 +34,12 @@ from agents import registry
 from agents.registry import LeaseLost, StepFailure, WaitForHuman
 from core import deadlines
 from core.expressions import evaluate
+from tools.services import pii_refill
 
 from . import humans
 from . import spec as workflow_spec
 from .events import SQL, db_now, run_commit
-from .models import Conversation, Message, Run, Step, WorkflowVersion
+from .models import Conversation, Message, Run, Step, Workflow, WorkflowVersion
 
 log = logging.getLogger(__name__)
 TRANSIENT = (OperationalError, InterfaceError)  # the database is away: try again later, it is nobody's fault
@@ -50,7 +51,11 @@ TRANSIENT = (OperationalError, InterfaceError)  # the database is away: try agai
 @lru_cache(maxsize=256)
 def version_get(version_id: int) -> WorkflowVersion:
     """A workflow version; they are immutable, so each process reads each one once."""
-    return WorkflowVersion.objects.only("number", "spec").get(pk=version_id)
+    return WorkflowVersion.objects.only("number", "spec", "workflow_id").get(pk=version_id)
+
+
+def _stage(workflow_id: int) -> str:
+    return Workflow.objects.values_list("stage", flat=True).get(pk=workflow_id)
 
 
 def queue_for(spec: dict, node_id: str) -> str:
@@ -195,7 +200,9 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
                                config=node.get("config", {}), state=run.state, holding=partial(_holding, run.id, lease),
                                max_cost=limits["max_cost"], on_budget=node.get("on_budget", "HANDOVER"),
                                run_max_cost=spec.get("limits", {}).get("max_cost"),
-                               workflow_version_id=run.workflow_version_id)
+                               workflow_version_id=run.workflow_version_id, tools=tuple(node.get("tools", ())),
+                               workflow_id=version_get(run.workflow_version_id).workflow_id,
+                               stage=partial(_stage, version_get(run.workflow_version_id).workflow_id))
     started = timezone.now()
     error, retryable, waiting = None, True, None
     timeout_s = limits["timeout_ms"] / 1000
@@ -205,6 +212,7 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
                 result = registry.get(node["agent"])(ctx)
             deadlines.check()  # an agent that returns late failed, even if it did not notice
             result = result if isinstance(result, registry.AgentResult) else registry.AgentResult(result)
+            result.cost += ctx.tool_cost
             _output_check(result.output)
             if ctx.max_cost is not None and result.cost > Decimal(str(ctx.max_cost)):  # as a human may have raised it
                 raise StepFailure(f"cost {result.cost} is over the node's budget of {ctx.max_cost}")
@@ -387,9 +395,9 @@ def _conversation_lock(conversation_id) -> str:
 
 def _finish(run: Run, owner: str, reply: str | None) -> _Commit:
     data, rows, reason = {"sink": workflow_spec.FINISH}, (), ""
-    if reply is not None and owner == Conversation.Status.AI:
+    if reply is not None and owner == Conversation.Status.AI:  # the customer reads what the tokens stand for
         rows = (Message(tenant_id=run.tenant_id, conversation_id=run.conversation_id, role=Message.Role.AI,
-                        text=reply, run_id=run.id),)
+                        text=pii_refill(tenant_id=run.tenant_id, run_id=run.id, text=reply), run_id=run.id),)
         data["message"] = {"id": str(rows[0].id), "text": reply}
     elif reply is not None:  # a human took the conversation over while the run was working
         data["suggestion"] = reply

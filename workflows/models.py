@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from core.rollout import Stage
+
 from . import spec as workflow_spec
 
 
@@ -14,6 +16,8 @@ class Workflow(models.Model):
     live_version = models.ForeignKey(
         "WorkflowVersion", null=True, blank=True, on_delete=models.RESTRICT, related_name="+"
     )
+    stage = models.CharField(max_length=8, choices=Stage.choices, default=Stage.AUTO,
+                             help_text="Its rollout stage; tool policies can match on it.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -13,7 +13,8 @@
       - {from: classify, to: approve, when: "classify.intent == 'refund'"}
       - {from: classify, to: HANDOVER}          # the default edge: no `when`
 
-`when` is a JMESPath expression over the run state: `input` (the message) and one key per
+A node's `tools` lists the tools its agent may call (tools.mediation); operators grant more per node in the
+admin. `when` is a JMESPath expression over the run state: `input` (the message) and one key per
 finished node holding its output. Every node has exactly one default edge. A top-level
 `limits: {max_cost: 0.05}` is the run's budget in USD: what all its model calls together may cost.
 """
@@ -23,6 +24,7 @@ import yaml
 from jmespath.exceptions import JMESPathError
 
 from core.expressions import compile_expression
+from tools.models import NAME_PATTERN
 
 FINISH = "FINISH"
 HANDOVER = "HANDOVER"
@@ -55,6 +57,8 @@ SCHEMA = {
                     "config": {"type": "object"},
                     "on_failure": {"type": "string"},
                     "on_budget": {"enum": ["HANDOVER", "approval"]},
+                    "tools": {"type": "array", "uniqueItems": True, "maxItems": 100,
+                              "items": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 100}},
                     "limits": {
                         "type": "object",
                         "additionalProperties": False,

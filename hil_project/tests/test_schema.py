@@ -45,7 +45,7 @@ def test_the_schema_lists_every_api_path(openapi):
     assert openapi["openapi"].startswith("3.") and openapi["info"]["title"] == "HIL API"
     routed = {path_shape("/api/v1/" + str(p.pattern)) for p in urls.api}
     assert {path_shape(p) for p in openapi["paths"]} == routed
-    assert len(routed) == 26
+    assert len(routed) == 38
 
 
 def test_the_schema_is_served_as_yaml_by_default():
@@ -73,7 +73,7 @@ def fuzz_world(transactional_db, daphne, tenant, member, publish, drive):
     from workflows import services
 
     user, token = member(tenant)
-    publish(tenant, GATE, slug="gate")
+    gate = publish(tenant, GATE, slug="gate")
     publish(tenant, HANDS, slug="hands")
 
     def run_of(slug):
@@ -84,6 +84,7 @@ def fuzz_world(transactional_db, daphne, tenant, member, publish, drive):
         return HandoverTicket.objects.get(run=run_of("hands"))
 
     waiting, ticket = run_of("gate"), fresh_ticket()
+    governed = _tool_configuration(tenant, gate)
 
     def real_id(path):
         kind, action = path.split("/")[3], path.split("/")[-2]
@@ -96,10 +97,27 @@ def fuzz_world(transactional_db, daphne, tenant, member, publish, drive):
         if action == "stream":
             return ticket.run_id
         return {"conversations": ticket.conversation_id, "runs": waiting.id,
-                "approvals": ApprovalRequest.objects.get(run=waiting).id, "handovers": ticket.id}[kind]
+                "approvals": ApprovalRequest.objects.get(run=waiting).id, "handovers": ticket.id, **governed}[kind]
 
     real_id.token, real_id.url = token, daphne.url
     return real_id
+
+
+def _tool_configuration(tenant, workflow) -> dict:
+    """One of each kind of tool configuration, by the API path of its kind. The MCP server's URL refuses
+    connections, so that syncing it fails at once."""
+    from tools.models import McpServer, Tool, ToolGrant, ToolLimit, ToolPolicy
+    from tools.services import governed_save
+
+    made = {"tools": Tool(tenant=tenant, name="crm.lookup", kind="http", url="http://127.0.0.1:9/lookup",
+                          input_schema={"type": "object"}),
+            "mcp-servers": McpServer(tenant=tenant, name="crm", transport="http", url="http://127.0.0.1:9/mcp"),
+            "tool-grants": ToolGrant(tenant=tenant, workflow=workflow, node_id="gate", tool="refunds.issue"),
+            "tool-policies": ToolPolicy(tenant=tenant, name="refunds", tool="refunds.*", require="approval"),
+            "tool-limits": ToolLimit(tenant=tenant, tool="refunds.issue", calls=5)}
+    for obj in made.values():
+        governed_save(obj=obj, actor=None)
+    return {kind: obj.pk for kind, obj in made.items()}
 
 
 def load_schema():

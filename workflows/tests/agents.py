@@ -7,7 +7,9 @@ from decimal import Decimal
 
 from django.db import connection
 
+import tools.tests.tools  # noqa: F401  (declares the test tools in this process and in the tests' workers)
 from agents.registry import AgentResult, StepContext, register
+from tools.mediation import tool_call
 from tools.services import tool_call_once
 
 
@@ -139,3 +141,13 @@ def http(ctx: StepContext) -> dict:
     import httpx
 
     return {"status": httpx.get(ctx.config["url"], timeout=ctx.remaining()).status_code}
+
+
+@register("test_tool_calls")
+def tool_calls(ctx: StepContext) -> dict:
+    """Calls tools as a model might: `calls`, [[tool, args], ...], or read afresh from the JSON file `calls_file`
+    on each run (so that a test can change its mind between attempts)."""
+    import json
+
+    calls = ctx.config.get("calls") or json.loads(open(ctx.config["calls_file"]).read())
+    return {"results": [tool_call(ctx, name, args) for name, args in calls]}

@@ -97,8 +97,8 @@ def test_an_edited_refund_pays_the_edited_amount(demo, say, drive):
     response = decide(demo, run, {"decision": "edit", "payload": {"order_id": 5, "amount": 5.0}})
     assert response.status_code == 200 and response.json()["status"] == "edited"
     run = drive(run)
-    assert "we refunded 5.0 for order 5" in reply_of(run)
-    assert ToolCall.objects.get(run=run).args == {"order_id": 5, "amount": "5.0"}
+    assert "we refunded 5.00 for order 5" in reply_of(run)
+    assert ToolCall.objects.get(run=run).args == {"order_id": 5, "amount": "5.00"}
 
 
 def test_an_edit_that_breaks_the_payload_schema_is_400_and_stays_pending(demo, say):

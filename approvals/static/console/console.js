@@ -137,7 +137,12 @@ function approvalRow(a) {
   },
   h("div", {class: "row-top"}, h("span", {class: "workflow"}, a.node),
     h("span", {class: "sla", "data-since": a.created_at}, since(a.created_at))),
-  h("div", {class: "reason"}, a.title));
+  h("div", {class: "reason"}, a.title, a.quorum > 1 ? h("span", {class: "quorum"}, ` · ${quorum(a)}`) : null));
+}
+
+// "1 of 2 approvals (ann)": how far an approval that needs several people has come.
+function quorum(a) {
+  return `${a.votes.length} of ${a.quorum} approvals${a.votes.length ? ` (${a.votes.join(", ")})` : ""}`;
 }
 
 function move(step) {
@@ -316,20 +321,23 @@ function openApproval(id) {
   const form = schemaForm(a.schema || {}, a.payload);  // without a schema: the payload as JSON
   $("#detail").replaceChildren(h("section", {class: "approval"},
     h("h2", {}, a.title),
-    h("p", {class: "hint"}, `Node ${a.node} · run ${a.run} · expires ${new Date(a.expires_at).toLocaleString()}`),
+    h("p", {class: "hint"}, `Node ${a.node} · run ${a.run} · expires ${new Date(a.expires_at).toLocaleString()}`
+      + (a.approver_role ? ` · for ${a.approver_role}s and above` : "")),
+    a.quorum > 1 ? h("p", {id: "quorum", class: "quorum"}, quorum(a)) : null,
     h("div", {id: "decided", class: "decided", hidden: true}),
     h("h3", {}, "What will happen"),
+    a.preview ? h("pre", {class: "preview"}, json(a.preview)) : null,
     h("pre", {class: "payload"}, json(a.payload)),
-    h("h3", {}, "Edit before approving"),
-    form,
+    a.quorum > 1 ? null : h("h3", {}, "Edit before approving"),
+    a.quorum > 1 ? null : form,  // several approvers approve the same arguments: no edits
     h("div", {id: "diff", class: "diff"}),
     h("label", {}, "Comment", h("textarea", {id: "comment", rows: 2, "aria-label": "Comment"})),
     h("div", {class: "actions"},
       h("button", {"data-action": "approve", title: "a", disabled: !boot.may_act}, "Approve"),
-      h("button", {"data-action": "edit", title: "e", disabled: !boot.may_act}, "Approve with edits"),
+      a.quorum > 1 ? null : h("button", {"data-action": "edit", title: "e", disabled: !boot.may_act}, "Approve with edits"),
       h("button", {"data-action": "reject", class: "danger", title: "x", disabled: !boot.may_act}, "Reject"))));
   form.addEventListener("input", renderDiff);
-  renderDiff();
+  if (a.quorum <= 1) renderDiff();
 }
 
 // A form for an object schema's fields (string, number, integer, boolean, enum); anything else as JSON.
@@ -409,12 +417,17 @@ function renderDiff() {
 async function decide(decision) {
   if (!state.open || state.open.kind !== "approval" || !boot.may_act) return;
   const body = {decision, comment: $("#comment").value};
+  if (decision === "edit" && state.approvals.get(state.open.id).quorum > 1) {
+    toast("Several people approve the same arguments: approve or reject them as they are", "error");
+    return;
+  }
   if (decision === "edit") {
     try { body.payload = editedPayload(); } catch (error) { toast(`Your edit: ${error.message}`, "error"); return; }
   }
   const id = state.open.id;
   const done = await act(decision === "reject" ? "Reject" : "Approve", () => api("POST", `approvals/${id}/decision/`, body));
-  if (done) { state.approvals.delete(id); showDecided(id, done.status, boot.me); renderList(); }
+  if (done && done.status === "pending") toast("Your approval is counted; it needs more people.");
+  else if (done) { state.approvals.delete(id); showDecided(id, done.status, boot.me); renderList(); }
 }
 
 function showDecided(id, status, by) {
@@ -480,8 +493,9 @@ function applyDesk(event) {
     if (event.type === "ticket.claimed" && data.assignee !== boot.me && state.open && state.open.id === data.id) {
       toast(`${data.assignee} claimed this ticket`);
     }
-  } else if (event.type === "approval.requested") {
+  } else if (event.type === "approval.requested" || event.type === "approval.voted") {
     state.approvals.set(data.id, data);
+    if (event.type === "approval.voted" && state.open && state.open.id === data.id) $("#quorum").textContent = quorum(data);
   } else if (event.type === "approval.decided") {
     state.approvals.delete(data.id);
     showDecided(data.id, data.status, data.by);
