@@ -21,7 +21,6 @@ from typing import Callable
 
 import httpx
 import jmespath
-
 from django.utils import timezone
 
 from accounts.models import AuditEntry, Tenant
@@ -70,6 +69,8 @@ def tool_call(ctx, name: str, args) -> dict:
         return _refused(ctx, name, args, refusal, started)
     except ToolCallConflict as e:
         return _refused(ctx, name, args, _Refused("changed_arguments", str(e)), started)
+    except ToolFailed as e:  # retried by the step; its message goes to the step's error and the logs
+        raise ToolFailed(pii_redact(ctx, str(e))) from None
     if result.get("refused") is True and set(result) <= {"refused", "reason"}:  # a human said no, or nobody in time
         code = "expired" if result["reason"].startswith("expired") else "rejected"
         return _refused(ctx, name, args, _Refused(code, f"{name}: {result['reason']}"), started)
@@ -83,13 +84,14 @@ def tool_call(ctx, name: str, args) -> dict:
 
 
 def _refused(ctx, name: str, args, refusal: _Refused, started: float) -> dict:
-    shown = pii_redact(ctx, args) if isinstance(args, dict) else None
+    # A schema error quotes the value it refuses: redacted, as the arguments are.
+    shown, reason = pii_redact(ctx, args) if isinstance(args, dict) else None, pii_redact(ctx, refusal.reason)
     ctx.emit("tool.call", {"node": ctx.node_id, "tool": name, "outcome": "refused", "code": refusal.code,
-                           "reason": refusal.reason, "args": shown, "duration_ms": _ms(started)},
+                           "reason": reason, "args": shown, "duration_ms": _ms(started)},
              row=AuditEntry(tenant_id=ctx.tenant_id, action="tool.refused", object_type="workflows.Run",
                             object_id=str(ctx.run_id), new={"node": ctx.node_id, "tool": name, "code": refusal.code,
-                                                            "reason": refusal.reason, "args": shown}))
-    return {"refused": True, "code": refusal.code, "reason": refusal.reason}
+                                                            "reason": reason, "args": shown}))
+    return {"refused": True, "code": refusal.code, "reason": reason}
 
 
 def _ms(started: float) -> float:

@@ -336,7 +336,8 @@ def _approval_wait(run: Run, lease: str, spec: dict, node: dict) -> Run:
         payload = evaluate(config["payload"], run.state) if "payload" in config else {}
         request = {"title": config.get("title", node["id"]), "payload": payload if isinstance(payload, dict) else
                    {"value": payload}, "schema": config.get("schema"), "timeout_s": config.get("timeout_s"),
-                   "on_expiry": config.get("on_expiry", "reject")}
+                   "on_expiry": config.get("on_expiry", "reject"), "approver_role": config.get("approver_role"),
+                   "quorum": config.get("quorum")}
         _output_check(request["payload"])
         return _wait(run, lease, node["id"], "", request)
     except (LeaseLost, *TRANSIENT):

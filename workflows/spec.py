@@ -186,6 +186,8 @@ APPROVAL_CONFIG = {
         "schema": {"type": "object"},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 31_536_000},
         "on_expiry": {"enum": ["reject", "HANDOVER"]},
+        "approver_role": {"enum": ["agent", "operator", "admin"]},  # the lowest role that may decide
+        "quorum": {"type": "integer", "minimum": 1, "maximum": 10},  # how many distinct people must approve
     },
 }
 

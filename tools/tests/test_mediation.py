@@ -11,8 +11,8 @@ from approvals.models import ApprovalRequest, DeskEvent
 from approvals.services import approval_decide
 from core.errors import Conflict, Forbidden, ServiceError
 from tools.mediation import _Admission, contract_of
-from tools.models import PiiVault, ToolCall, ToolGrant, ToolLimit, ToolPolicy
-from tools.services import args_hash, governed_save, tenant_tools
+from tools.models import PiiVault, Tool, ToolCall, ToolGrant, ToolLimit, ToolPolicy
+from tools.services import args_hash, governed_save, secret_set, tenant_tools
 from tools.tests import tools as test_tools
 from workflows.models import Message, RunEvent
 
@@ -275,3 +275,56 @@ def test_code_runs_sandboxed_through_the_mediation(tenant, converse, drive):
     _, run = converse(tenant, spec([["code.python", {"code": escape}]], tools=("code.python",)))
     ran, = results(drive(run))
     assert ran["exit_code"] == 0 and ran["stdout"].split("\n")[:2] == ["no network", "no key False"]
+
+
+def test_an_approval_node_asks_for_a_role_and_a_quorum_the_same_way(tenant, converse, drive, people):
+    _, run = converse(tenant, """
+entry: gate
+nodes:
+  - {id: gate, kind: approval, config: {title: Refund, payload: "{amount: `500`}", approver_role: operator, quorum: 2}}
+edges:
+  - {from: gate, to: FINISH}
+""")
+    approval = ApprovalRequest.objects.get(run=drive(run))
+    with pytest.raises(Forbidden):
+        approval_decide(approval=approval, decision="approve", actor=people["cid"])
+    assert approval_decide(approval=approval, decision="approve", actor=people["ann"]).status == "pending"
+    assert approval_decide(approval=approval, decision="approve", actor=people["bob"]).status == "approved"
+    run = drive(run)
+    assert run.sink == "FINISH" and run.state["gate"]["approved"] is True
+
+
+def test_an_http_tool_gets_its_key_and_secret_and_a_failure_is_retried(tenant, converse, drive):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen, answers = [], [503, 200]
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.headers["Idempotency-Key"], self.headers["Authorization"], body))
+            status = answers.pop(0)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps({"ticket": "T-1", "mail": "bob@example.org"}).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        secret_set(tenant=tenant, name="desk-token", value="desk-secret-value")
+        governed_save(obj=Tool(tenant=tenant, name="desk.open", kind="http", risk="write", secret="desk-token",
+                               url=f"http://127.0.0.1:{server.server_port}/tickets",
+                               input_schema={"type": "object", "required": ["subject"]}), actor=None)
+        _, run = converse(tenant, spec([["desk.open", {"subject": "refund"}]], tools=("desk.open",)).replace(
+            "agent: test_tool_calls", "agent: test_tool_calls, limits: {max_retries: 1, backoff: 1}"))
+        run = drive(run)
+    finally:
+        server.shutdown()
+    assert results(run) == [{"ticket": "T-1", "mail": "<EMAIL_1>"}]
+    (key1, auth, body), (key2, _, _) = seen
+    assert key1 == key2 == f"{run.id}:work:1" and auth == "Bearer desk-secret-value" and body == {"subject": "refund"}
+    assert "503" in run.steps.get(attempt=1).error
