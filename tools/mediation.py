@@ -64,7 +64,8 @@ def tool_call(ctx, name: str, args) -> dict:
             raise _Refused("denied", f"{name}: denied by policy '{need.policy}'")
         admission = _Admission(ctx, contract)
         result = tool_call_once(ctx=ctx, tool=name, args=args, call=admission.call, admit=admission.admit,
-                                approval=need.approval(contract, args) if need.require == "approval" else None)
+                                approval=need.approval(contract, args) if need.require == "approval" else None,
+                                effect=contract.risk != Risk.READ)
     except _Refused as refusal:
         return _refused(ctx, name, args, refusal, started)
     except ToolCallConflict as e:

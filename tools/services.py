@@ -29,7 +29,8 @@ class ToolCallConflict(Exception):
 
 
 def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], dict],
-                   approval: dict | None = None, admit: Callable[[], None] | None = None) -> dict:
+                   approval: dict | None = None, admit: Callable[[], None] | None = None,
+                   effect: bool = True) -> dict:
     """Make a side effect once per idempotency key: `call(args, key)` acts and returns a JSON object.
 
     The contract for every tool: a call recorded as succeeded is never made again; its result is
@@ -42,31 +43,42 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], di
     waits holding no worker, and the step runs again once the decision is in. Approved, the call is made with
     the approved (perhaps edited) arguments, and only those (their hash was recorded with the decision);
     rejected, it returns {"refused": True, "reason": ...} and acts on nothing. `admit()`, called right before
-    the call is made, may refuse it by raising: the row then waits for the next attempt."""
+    the call is made, may refuse it by raising: the row then waits for the next attempt. A call with no side
+    `effect` (a read) is recorded once, after it, with its result: a worker that dies meanwhile reads again."""
     args = json.loads(json.dumps(args))  # as the ledger stores and returns them
     seq, key = ctx.call_key()
     record = ToolCall.objects.filter(run_id=ctx.run_id, node_id=ctx.node_id, seq=seq).first()
-    if record is None:
+    fields = dict(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, seq=seq, idempotency_key=key,
+                  tool=tool, args=args)
+    if record is None and approval:
         with ctx.holding():
-            record = ToolCall.objects.create(
-                tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, seq=seq, idempotency_key=key,
-                tool=tool, args=args, status=ToolCall.Status.AWAITING if approval else ToolCall.Status.PENDING)
-    elif (record.tool, record.args) != (tool, args):
+            record = ToolCall.objects.create(**fields, status=ToolCall.Status.AWAITING)
+    elif record is not None and (record.tool, record.args) != (tool, args):
         raise ToolCallConflict(f"call {seq} of node '{ctx.node_id}' was {record.tool} {json.dumps(record.args)} in an "
                                f"earlier attempt, and is {tool} {json.dumps(args)} now; it is not made")
-    if record.status == ToolCall.Status.SUCCEEDED:
-        return record.result
-    if record.status == ToolCall.Status.REJECTED:
-        return {"refused": True, "reason": _refusal(record.decision)}
-    if record.status == ToolCall.Status.AWAITING:
-        ctx.wait_for_human(key, {**approval, "tool": tool, "payload": args})
-    if record.decision and record.decision.get("payload") is not None:
-        args = record.decision["payload"]
-    if record.decision and record.decision.get("args_hash", args_hash(tool, args)) != args_hash(tool, args):
-        raise ToolCallConflict(f"call {seq} of node '{ctx.node_id}': the arguments differ from those approved")
+    if record is not None:
+        if record.status == ToolCall.Status.SUCCEEDED:
+            return record.result
+        if record.status == ToolCall.Status.REJECTED:
+            return {"refused": True, "reason": _refusal(record.decision)}
+        if record.status == ToolCall.Status.AWAITING:
+            ctx.wait_for_human(key, {**approval, "tool": tool, "payload": args})
+        if record.decision and record.decision.get("payload") is not None:
+            args = record.decision["payload"]
+        if record.decision and record.decision.get("args_hash", args_hash(tool, args)) != args_hash(tool, args):
+            raise ToolCallConflict(f"call {seq} of node '{ctx.node_id}': the arguments differ from those approved")
     if admit is not None:
         admit()
-    _record(ctx, record, status=ToolCall.Status.PENDING, executions=F("executions") + 1)
+    if record is None and not effect:  # nothing to make twice: recorded once, with its result
+        result = call(args, key)
+        with ctx.holding():
+            ToolCall.objects.create(**fields, status=ToolCall.Status.SUCCEEDED, result=result, executions=1)
+        return result
+    if record is None:
+        with ctx.holding():
+            record = ToolCall.objects.create(**fields, status=ToolCall.Status.PENDING, executions=1)
+    else:
+        _record(ctx, record, status=ToolCall.Status.PENDING, executions=F("executions") + 1)
     try:
         result = call(args, key)
     except Exception as e:
