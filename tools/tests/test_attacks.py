@@ -123,3 +123,19 @@ def test_no_secret_reaches_the_model_an_event_or_a_tool(tenant, converse, drive,
         assert pii not in bodies and pii not in events
     assert "<CARD_1>" in bodies and "<EMAIL_1>" in bodies
     assert told(model)[0]["stdout"].strip() == "['HOME', 'LANG', 'PATH', 'PWD']"
+
+
+def test_a_write_cannot_be_smuggled_past_its_policy(tenant, converse, drive, model):
+    """The model dresses a big payment up (a string, an exponent, a split into small ones) to slip under the
+    policy's condition, or calls a tool the node was not granted to do it."""
+    governed_save(obj=ToolPolicy(tenant=tenant, name="big", tool="test.pay", condition="amount > `100`",
+                                 require="deny"), actor=None)
+    governed_save(obj=ToolLimit(tenant=tenant, tool="test.pay", calls=3, window_s=600), actor=None)
+    model.script(local_llm.tool_calls(
+        ("test__pay", {"amount": "1000", "to": "x"}), ("test__pay", {"amount": 1e3, "to": "x"}),
+        ("test__wipe", {"then": "pay"}), *[("test__pay", {"amount": 100, "to": "x"})] * 4), DONE)
+    _, run = converse(tenant, THINK)
+    drive(run)
+    assert [r.get("code") for r in told(model)] == ["invalid_arguments", "denied", "not_granted", None, None, None,
+                                                     "rate_limited"]
+    assert [args["amount"] for _, args, _ in test_tools.made] == [100, 100, 100]
