@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +28,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "bench":
 
 from bench.callers import pct  # noqa: E402
 from tools import pii  # noqa: E402
+from tools.tests.test_pii import confusion  # noqa: E402
 
 CASES = REPO / "tools" / "tests" / "data" / "pii_cases.jsonl"
 TARGET_CLEAN_MS, TARGET_PII_MS = 0.5, 1.0  # means
@@ -58,15 +58,7 @@ def two_kb(text: str) -> str:
 
 def quality() -> None:
     cases = [json.loads(line) for line in CASES.read_text(encoding="utf-8").splitlines()]
-    tp, fp, fn = Counter(), Counter(), Counter()
-    for case in cases:
-        expected = Counter((entity["type"], entity["value"]) for entity in case["entities"])
-        found = Counter((match.entity, match.value) for match in pii.find(case["text"]))
-        for key in expected | found:
-            hit = min(expected[key], found[key])
-            tp[key[0]] += hit
-            fp[key[0]] += found[key] - hit
-            fn[key[0]] += expected[key] - hit
+    tp, fp, fn = confusion(cases)
     print(f"{len(cases)} labelled cases, {sum(not case['entities'] for case in cases)} of them without personal "
           f"data ({CASES.relative_to(REPO)})")
     print(f"  {'entity':<12} {'true':>5} {'false+':>6} {'false-':>6} {'precision':>9} {'recall':>6} {'F1':>6}")
