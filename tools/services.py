@@ -170,8 +170,9 @@ def secrets_rotate(*, new_master_key: bytes) -> tuple[int, int]:
                 try:
                     crypto.decrypt(new_master_key, row.tenant_id, name_of(row), row.ciphertext)
                 except crypto.Undecryptable:
-                    raise SecretUnreadable(f"secret '{name_of(row)}' of tenant {row.tenant.slug} decrypts under neither "
-                                           "the current master key nor the new one; nothing was re-encrypted") from None
+                    raise SecretUnreadable(f"secret '{name_of(row)}' of tenant {row.tenant.slug} decrypts under "
+                                           "neither the current master key nor the new one; nothing was "
+                                           "re-encrypted") from None
                 already += 1
                 continue
             row.ciphertext = crypto.encrypt(new_master_key, row.tenant_id, name_of(row), value)

@@ -35,7 +35,7 @@ UNSURE = local_llm.json_answer({"reasoning": "refused", "answer": "A colleague w
 
 
 @pytest.fixture
-def model(tenant, llm_server):
+def model(tenant, llm_server):  # noqa: F811  (the fixture imported above)
     secret_set(tenant=tenant, name="llm-key", value=LLM_TEST_KEY)
     endpoint_save(tenant=tenant, name="local", base_url=llm_server.base_url, api_key_secret="llm-key", models=[
         {"model": "hil-local-chat", "context_window": 16000, "input_price": "1", "output_price": "2"}])
