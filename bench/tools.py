@@ -2,7 +2,8 @@
 2 kB, with everything on: input and output schemas, the node's grant, the tenant's policies (three, none
 matching), a rate limit and quotas (Redis), the ledger (a row written before the call and completed after it,
 under the run's lease), PII redaction of the output, and the `tool.call` event. Against the bare ledger
-(`tool_call_once`) and the bare function, on the same run. Target: mediation overhead p50 < 2 ms.
+(`tool_call_once`) and the bare function, on the same run, for a read and for a write (whose ledger row is
+committed before and after the call). Target: mediation overhead p50 < 2 ms.
 
     make bench-tools          (or: python -m hil_project.launcher exec python bench/tools.py [--calls N])
 """
@@ -34,7 +35,7 @@ WITH_PII = {"status": "ok", "notes": (WORDS * 18)[:1700] + " Contact ada.lovelac
 SPEC = """
 entry: work
 nodes:
-  - {id: work, agent: rules, tools: [bench.noop, bench.pii]}
+  - {id: work, agent: rules, tools: [bench.noop, bench.pii, bench.write]}
 edges:
   - {from: work, to: FINISH}
 """
@@ -54,6 +55,11 @@ def with_pii(args: dict, key: str) -> dict:
     return WITH_PII
 
 
+@builtin("bench.write", risk="write", input_schema={"type": "object"})
+def write(args: dict, key: str) -> dict:
+    return OUTPUT
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000)
@@ -63,14 +69,18 @@ def main() -> None:
         ctx = context(tenant)
         for rule in ("refunds.*", "crm.*", "payments.issue"):
             governed_save(obj=ToolPolicy(tenant=tenant, name=rule, tool=rule, require="approval"), actor=None)
-        for tool in ("bench.noop", "bench.pii"):
+        for tool in ("bench.noop", "bench.pii", "bench.write"):
             governed_save(obj=ToolLimit(tenant=tenant, tool=tool, calls=10**9, window_s=60, per_day=10**9), actor=None)
         figures = {
-            "function": timed(lambda: noop({"order_id": 1}, "k"), calls),
-            "ledger only": timed(lambda: tool_call_once(ctx=ctx, tool="bench.noop", args={"order_id": 1},
-                                                        call=noop), calls),
-            "tool_call": timed(lambda: tool_call(ctx, "bench.noop", {"order_id": 1, "detail": "full"}), calls),
-            "tool_call, PII in output": timed(lambda: tool_call(ctx, "bench.pii", {}), calls),
+            "function": timed(ctx, lambda: noop({"order_id": 1}, "k"), calls),
+            "ledger, a read": timed(ctx, lambda: tool_call_once(ctx=ctx, tool="bench.noop", args={"order_id": 1},
+                                                                call=noop, effect=False), calls),
+            "tool_call, a read": timed(ctx, lambda: tool_call(ctx, "bench.noop", {"order_id": 1, "detail": "full"}),
+                                       calls),
+            "tool_call, PII in output": timed(ctx, lambda: tool_call(ctx, "bench.pii", {}), calls),
+            "ledger, a write": timed(ctx, lambda: tool_call_once(ctx=ctx, tool="bench.write", args={}, call=write),
+                                     calls),
+            "tool_call, a write": timed(ctx, lambda: tool_call(ctx, "bench.write", {}), calls),
         }
         assert tool_call(ctx, "bench.pii", {})["notes"].endswith("card <CARD_1>; IBAN <IBAN_1>.")
     finally:
@@ -88,10 +98,10 @@ def context(tenant) -> StepContext:
     Run.objects.filter(id=run.id).update(status=Run.Status.RUNNING, lease_owner=lease)
     return StepContext(tenant_id=tenant.id, run_id=str(run.id), node_id="work", attempt=1, config={}, state={},
                        holding=partial(engine._holding, run.id, lease), workflow_id=workflow.id,
-                       tools=("bench.noop", "bench.pii"))
+                       tools=("bench.noop", "bench.pii", "bench.write"))
 
 
-def timed(call, n: int) -> list[float]:
+def timed(ctx: StepContext, call, n: int) -> list[float]:
     for _ in range(min(200, n // 10)):  # warm: caches, prepared scripts, connections
         call()
     times = []
@@ -99,6 +109,7 @@ def timed(call, n: int) -> list[float]:
         t0 = time.perf_counter()
         call()
         times.append((time.perf_counter() - t0) * 1000)
+        ctx.rows.clear(), ctx.events.clear()  # the engine commits them with the step's outcome
     return sorted(times)
 
 
@@ -108,8 +119,9 @@ def report(figures: dict) -> None:
     for name, times in figures.items():
         p50, p95, p99 = (times[int(len(times) * q)] for q in (0.5, 0.95, 0.99))
         print(f"{name:28} {p50:7.3f} {p95:7.3f} {p99:7.3f} {p50 - base:22.3f}")
-    print("tool_call: schemas, grant, 3 policies, rate limit + quotas (Redis), ledger (2 writes under the run's lease),\n"
-          "output schema, PII redaction of 2 kB, the tool.call event. Target: overhead p50 < 2 ms.")
+    print("tool_call: input schema, grant, 3 policies, rate limit + quotas (Redis), the ledger (a read: recorded with the\n"
+          "step's commit; a write: pending, then done, each committed under the run's lease), output schema, PII\n"
+          "redaction of the 2 kB output, the tool.call event. Target: overhead p50 < 2 ms.")
 
 
 if __name__ == "__main__":

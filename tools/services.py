@@ -44,10 +44,11 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], di
     the approved (perhaps edited) arguments, and only those (their hash was recorded with the decision);
     rejected, it returns {"refused": True, "reason": ...} and acts on nothing. `admit()`, called right before
     the call is made, may refuse it by raising: the row then waits for the next attempt. A call with no side
-    `effect` (a read) is recorded once, after it, with its result: a worker that dies meanwhile reads again."""
+    `effect` (a read) is recorded after it, with its result, in the statement that commits the step's outcome:
+    a worker that dies meanwhile reads again."""
     args = json.loads(json.dumps(args))  # as the ledger stores and returns them
     seq, key = ctx.call_key()
-    record = ToolCall.objects.filter(run_id=ctx.run_id, node_id=ctx.node_id, seq=seq).first()
+    record = _recorded(ctx.run_id, ctx.node_id, seq)
     fields = dict(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, seq=seq, idempotency_key=key,
                   tool=tool, args=args)
     if record is None and approval:
@@ -69,10 +70,9 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], di
             raise ToolCallConflict(f"call {seq} of node '{ctx.node_id}': the arguments differ from those approved")
     if admit is not None:
         admit()
-    if record is None and not effect:  # nothing to make twice: recorded once, with its result
+    if record is None and not effect:  # nothing to make twice: recorded with the step's outcome, whatever it is
         result = call(args, key)
-        with ctx.holding():
-            ToolCall.objects.create(**fields, status=ToolCall.Status.SUCCEEDED, result=result, executions=1)
+        ctx.rows.append(ToolCall(**fields, status=ToolCall.Status.SUCCEEDED, result=result, executions=1))
         return result
     if record is None:
         with ctx.holding():
@@ -86,6 +86,24 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], di
         raise
     _record(ctx, record, status=ToolCall.Status.SUCCEEDED, result=result, error="")
     return result
+
+
+def _recorded(run_id, node_id: str, seq: int) -> ToolCall | None:
+    """The call as an earlier attempt recorded it (raw: one of these per tool call, and the ORM's query costs
+    more than the query)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, tool, args, status, result, decision FROM {ToolCall._meta.db_table}"
+                       " WHERE run_id = %s AND node_id = %s AND seq = %s", [run_id, node_id, seq])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    pk, tool, args, status, result, decision = row
+    return ToolCall(id=pk, tool=tool, args=json.loads(args), status=status, result=_json(result),
+                    decision=_json(decision))
+
+
+def _json(text: str | None):
+    return None if text is None else json.loads(text)
 
 
 def _record(ctx, record: ToolCall, **fields) -> None:
@@ -215,25 +233,31 @@ class TenantTools:
 
 
 CONFIG_TTL_S = 30
-_tenant_tools: dict[int, TenantTools] = {}
+FRESH_S = 0.1  # a configuration checked against Redis this recently is taken as it is
+_tenant_tools: dict[int, tuple[TenantTools, float]] = {}  # tenant -> (configuration, when last checked)
 
 
 def tenant_tools(tenant_id: int) -> TenantTools:
-    """The tenant's tools, grants, policies, limits and redaction settings, as this process last read them:
-    one Redis read per call while nothing changed."""
+    """The tenant's tools, grants, policies, limits and redaction settings, as this process last read them: one
+    Redis read (whether they changed) per FRESH_S. A change made in this process is seen at once, in another
+    within FRESH_S."""
+    found, checked = _tenant_tools.get(tenant_id, (None, 0.0))
+    now = time.monotonic()
+    if found is not None and now - checked < FRESH_S and found.expires > now:
+        return found
     version = redis.client().get(_tools_key(tenant_id))
-    found = _tenant_tools.get(tenant_id)
-    if found is not None and found.version == version and found.expires > time.monotonic():
+    if found is not None and found.version == version and found.expires > now:
+        _tenant_tools[tenant_id] = (found, now)
         return found
     redaction = RedactionSettings.objects.filter(tenant_id=tenant_id).first()
     found = TenantTools(
-        version, time.monotonic() + CONFIG_TTL_S,
+        version, now + CONFIG_TTL_S,
         {t.name: t for t in Tool.objects.filter(tenant_id=tenant_id).select_related("mcp_server")},
         frozenset(ToolGrant.objects.filter(tenant_id=tenant_id).values_list("workflow_id", "node_id", "tool")),
         tuple(ToolPolicy.objects.filter(tenant_id=tenant_id, enabled=True)),
         {limit.tool: limit for limit in ToolLimit.objects.filter(tenant_id=tenant_id)},
         redaction.entities() if redaction else pii.ENTITIES)
-    _tenant_tools[tenant_id] = found
+    _tenant_tools[tenant_id] = (found, now)
     return found
 
 
@@ -242,10 +266,11 @@ def _tools_key(tenant_id: int) -> str:
 
 
 def tools_changed(tenant_id: int) -> None:
-    """Every process reads the tenant's tool configuration again on its next call: told now, and again after
-    commit, for one that read the old configuration in between."""
+    """Every process reads the tenant's tool configuration again (this one at once, the others within FRESH_S):
+    told now, and again after commit, for one that read the old configuration in between."""
+    _tenant_tools.pop(tenant_id, None)
     redis.client().incr(_tools_key(tenant_id))
-    transaction.on_commit(lambda: redis.client().incr(_tools_key(tenant_id)))
+    transaction.on_commit(lambda: (_tenant_tools.pop(tenant_id, None), redis.client().incr(_tools_key(tenant_id))))
 
 
 GOVERNED = (Tool, McpServer, ToolGrant, ToolPolicy, ToolLimit, RedactionSettings)

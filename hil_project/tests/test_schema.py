@@ -124,7 +124,7 @@ def load_schema():
     """The served schema, loaded at import: schemathesis' lazy `from_fixture` breaks on pytest 9
     (it sets `node._nodeid`, which pytest 9 no longer has)."""
     loaded = schemathesis.openapi.from_dict(json.loads(Client().get("/api/schema/?format=json").content))
-    loaded.config.generation.update(max_examples=25)
+    loaded.config.generation.update(max_examples=18)
     return loaded
 
 
