@@ -119,9 +119,9 @@ def report(figures: dict) -> None:
     for name, times in figures.items():
         p50, p95, p99 = (times[int(len(times) * q)] for q in (0.5, 0.95, 0.99))
         print(f"{name:28} {p50:7.3f} {p95:7.3f} {p99:7.3f} {p50 - base:22.3f}")
-    print("tool_call: input schema, grant, 3 policies, rate limit + quotas (Redis), the ledger (a read: recorded with the\n"
-          "step's commit; a write: pending, then done, each committed under the run's lease), output schema, PII\n"
-          "redaction of the 2 kB output, the tool.call event. Target: overhead p50 < 2 ms.")
+    print("tool_call: input schema, grant, 3 policies, rate limit + quotas (Redis), the ledger (a read: recorded\n"
+          "with the step's commit; a write: pending, then done, each committed under the run's lease), output schema,\n"
+          "PII redaction of the 2 kB output, the tool.call event. Target: overhead p50 < 2 ms.")
 
 
 if __name__ == "__main__":
