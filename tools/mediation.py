@@ -31,8 +31,8 @@ from core.expressions import compile_expression
 from . import contracts, mcp
 from .contracts import Contract, schema_error
 from .models import Risk, Tool, ToolCall, ToolPolicy
-from .services import (ToolCallConflict, args_hash, mcp_endpoint, pii_redact, secret_value, tenant_tools,
-                       tool_call_once)
+from .services import (ToolCallConflict, args_hash, mcp_endpoint, pii_redact, pii_refill_args, secret_value,
+                       tenant_tools, tool_call_once)
 
 RANK = {"agent": 1, "operator": 2, "admin": 3}
 
@@ -283,7 +283,7 @@ class _Admission:
 
     def call(self, args: dict, key: str) -> dict:
         try:
-            result = self.contract.run(args, key)
+            result = self.contract.run(pii_refill_args(self.ctx, args), key)
         except Exception:
             if self.reservation:
                 self.ctx.cost_settle(self.reservation, Decimal(0))

@@ -321,3 +321,14 @@ def redact_json(value, *, vault: Vault, entities=ENTITIES):
 def refill(text: str, vault: Vault) -> str:
     """`text` with the vault's tokens back to their values; a token the vault doesn't hold stays as it is."""
     return TOKEN.sub(lambda m: vault.values.get(m.group(), m.group()), text)
+
+
+def refill_json(value, vault: Vault):
+    """A copy of a JSON-like value with the vault's tokens in every string back to their values."""
+    if isinstance(value, str):
+        return refill(value, vault)
+    if isinstance(value, dict):
+        return {key: refill_json(item, vault) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [refill_json(item, vault) for item in value]
+    return value

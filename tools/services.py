@@ -329,6 +329,19 @@ def pii_redact(ctx, value):
     return redacted
 
 
+def pii_refill_args(ctx, args: dict) -> dict:
+    """A tool's arguments with the run's tokens (which a model passes, having seen nothing else) back to the values
+    they stand for: what the tool needs to act on, and never shown in an event or a prompt."""
+    if "<" not in json.dumps(args):
+        return args
+    if ctx.pii_vault is None:
+        row = PiiVault.objects.filter(run_id=ctx.run_id).first()
+        if row is None:
+            return args
+        ctx.pii_vault = pii.Vault.from_json(_vault_open(ctx.tenant_id, ctx.run_id, row.ciphertext))
+    return pii.refill_json(args, ctx.pii_vault)
+
+
 def pii_refill(*, tenant_id: int, run_id, text: str) -> str:
     """The text with the run's PII tokens replaced by the values they stand for: for the customer's eyes."""
     if "<" not in text:

@@ -139,3 +139,14 @@ def test_a_write_cannot_be_smuggled_past_its_policy(tenant, converse, drive, mod
     assert [r.get("code") for r in told(model)] == ["invalid_arguments", "denied", "not_granted", None, None, None,
                                                      "rate_limited"]
     assert [args["amount"] for _, args, _ in test_tools.made] == [100, 100, 100]
+
+
+def test_a_tool_acts_on_the_values_the_model_saw_only_as_tokens(tenant, converse, drive, model):
+    model.script(local_llm.tool_calls(("test__pay", {"amount": 5, "to": "<EMAIL_1>"})), DONE)
+    _, run = converse(tenant, THINK, text="please pay 5 back to ada@example.com")
+    drive(run)
+    assert "ada@example.com" not in json.dumps([r.body for r in model.requests])
+    assert [args for _, args, _ in test_tools.made] == [{"amount": 5, "to": "ada@example.com"}]
+    assert told(model) == [{"paid": 5, "to": "<EMAIL_1>"}]
+    event, = [e.data for e in RunEvent.objects.filter(run=run, type="tool.call")]
+    assert event["args"] == {"amount": 5, "to": "<EMAIL_1>"}
