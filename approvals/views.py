@@ -6,6 +6,7 @@ from django.shortcuts import render
 
 from accounts.models import Membership, Role
 from accounts.views import member_required
+from tools.mediation import RANK
 
 from . import services
 from .models import ApprovalRequest, CannedReply, HandoverTicket
@@ -18,13 +19,16 @@ def console(request):
     tickets = HandoverTicket.objects.filter(tenant_id=member.tenant_id).exclude(
         status=HandoverTicket.Status.CLOSED).select_related("assignee", "conversation__workflow").order_by("created_at")
     approvals = ApprovalRequest.objects.filter(tenant_id=member.tenant_id, status=ApprovalRequest.Status.PENDING)
+    decides = [role for role, rank in RANK.items() if rank <= RANK.get(member.role, 0)]  # the roles it stands for
     return render(request, "console/console.html", {
         "member": member,
         "tenants": Membership.objects.filter(user=request.user).select_related("tenant").order_by("tenant__slug"),
         "boot": {
             "seq": seq, "me": request.user.get_username(), "may_act": member.role != Role.VIEWER,
             "tickets": [services.ticket_card(t) for t in tickets],
-            "approvals": [services.approval_card(a) for a in approvals],
+            "decides": decides,  # the inbox lists what the member may decide (a viewer sees it all, read-only)
+            "approvals": [services.approval_card(a) for a in approvals
+                          if member.role == Role.VIEWER or not a.approver_role or a.approver_role in decides],
             "canned": list(CannedReply.objects.filter(tenant_id=member.tenant_id).values("title", "text")),
         },
     })

@@ -328,3 +328,22 @@ def test_an_http_tool_gets_its_key_and_secret_and_a_failure_is_retried(tenant, c
     (key1, auth, body), (key2, _, _) = seen
     assert key1 == key2 == f"{run.id}:work:1" and auth == "Bearer desk-secret-value" and body == {"subject": "refund"}
     assert "503" in run.steps.get(attempt=1).error
+
+
+def test_the_console_inbox_lists_what_the_members_role_may_decide(tenant, converse, drive, people, client):
+    from conftest import verified_login
+
+    policy(tenant, tool="test.wipe", require="approval", approver_role="admin", name="admins only")
+    policy(tenant, tool="test.pay", require="approval", name="anyone")
+    _, run = converse(tenant, spec([["test.pay", {"amount": 1, "to": "x"}]]))
+    drive(run)
+    _, run = converse(tenant, spec([["test.wipe", {}]]), turn_id="t2")
+    drive(run)
+
+    def inbox(user):
+        html = verified_login(client, user).get("/console/").content.decode()
+        boot = json.loads(html.split('<script id="boot" type="application/json">')[1].split("</script>")[0])
+        return sorted(a["title"] for a in boot["approvals"])
+
+    assert inbox(people["cid"]) == ["test.pay (anyone)"]
+    assert inbox(people["vic"]) == ["test.pay (anyone)", "test.wipe (admins only)"]  # read-only

@@ -84,7 +84,7 @@ function json(value) {
 
 function visibleItems() {
   if (state.tab === "approvals") {
-    return [...state.approvals.values()].sort((a, b) => a.created_at.localeCompare(b.created_at));
+    return [...state.approvals.values()].filter(mayDecide).sort((a, b) => a.created_at.localeCompare(b.created_at));
   }
   const workflow = $("#f-workflow").value, reason = $("#f-reason").value.toLowerCase(), mine = $("#f-mine").checked;
   return [...state.tickets.values()]
@@ -99,7 +99,7 @@ function viewersOf(ticketId) {
 
 function renderList() {
   $("#n-queue").textContent = [...state.tickets.values()].filter((t) => t.status === "open").length;
-  $("#n-approvals").textContent = state.approvals.size;
+  $("#n-approvals").textContent = [...state.approvals.values()].filter(mayDecide).length;
   const workflows = new Set([...state.tickets.values()].map((t) => t.workflow));
   const select = $("#f-workflow");
   for (const workflow of workflows) {
@@ -138,6 +138,11 @@ function approvalRow(a) {
   h("div", {class: "row-top"}, h("span", {class: "workflow"}, a.node),
     h("span", {class: "sla", "data-since": a.created_at}, since(a.created_at))),
   h("div", {class: "reason"}, a.title, a.quorum > 1 ? h("span", {class: "quorum"}, ` · ${quorum(a)}`) : null));
+}
+
+// Whether the inbox lists it: what the member's role may decide (a viewer, who decides nothing, sees it all).
+function mayDecide(a) {
+  return !boot.may_act || !a.approver_role || boot.decides.includes(a.approver_role);
 }
 
 // "1 of 2 approvals (ann)": how far an approval that needs several people has come.
