@@ -22,17 +22,25 @@ class ReadOnlyInline(admin.TabularInline):
 
 class VersionInline(ReadOnlyInline):
     model = WorkflowVersion
-    fields = ["number", "created_at", "published_at", "errors"]
+    fields = readonly_fields = ["number", "created_at", "published_at", "errors"]  # read-only on a POST too
     show_change_link = True
 
 
 @admin.register(Workflow)
 class WorkflowAdmin(TenantScopedAdmin):
-    list_display = ["slug", "name", "tenant", "live_version"]
-    list_filter = ["tenant"]
+    list_display = ["slug", "name", "tenant", "live_version", "stage"]
+    list_filter = ["tenant", "stage"]
     search_fields = ["slug", "name"]
     readonly_fields = ["live_version"]
     inlines = [VersionInline]
+
+    def save_model(self, request, obj, form, change):
+        stage = obj.stage
+        if change:  # a new stage goes through its service, audited: tool policies can match on it
+            obj.stage = form.initial["stage"]
+        super().save_model(request, obj, form, change)
+        if change and stage != obj.stage:
+            services.workflow_stage_set(workflow=obj, stage=stage, actor=request.user)
 
 
 @admin.register(WorkflowVersion)

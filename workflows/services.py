@@ -5,6 +5,7 @@ from accounts.models import Tenant
 from accounts.services import audit_record
 from agents.models import STANDARD_PROFILES, ModelProfile
 from core.errors import Conflict, ServiceError
+from core.rollout import Stage
 
 from . import engine, humans
 from . import spec as workflow_spec
@@ -41,6 +42,19 @@ def _unknown_profiles(tenant_id: int, spec: dict) -> list[str]:
              .values_list("name", flat=True)}
     return [f"node '{node}': no model profile '{name}' (the standard ones are {', '.join(STANDARD_PROFILES)}; "
             "add it in Model profiles first)" for node, name in named.items() if name not in known]
+
+
+@transaction.atomic
+def workflow_stage_set(*, workflow: Workflow, stage: str, actor) -> Workflow:
+    """Move the workflow to another rollout stage; tool policies that match on the stage apply from now on."""
+    if stage not in Stage.values:
+        raise ServiceError(f"stage must be one of {', '.join(Stage.values)}")
+    old = Workflow.objects.select_for_update().values_list("stage", flat=True).get(pk=workflow.pk)
+    Workflow.objects.filter(pk=workflow.pk).update(stage=stage)
+    audit_record(tenant_id=workflow.tenant_id, actor=actor, action="workflow.stage", obj=workflow,
+                 old={"stage": old}, new={"stage": stage})
+    workflow.stage = stage
+    return workflow
 
 
 @transaction.atomic

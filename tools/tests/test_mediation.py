@@ -347,3 +347,26 @@ def test_the_console_inbox_lists_what_the_members_role_may_decide(tenant, conver
 
     assert inbox(people["cid"]) == ["test.pay (anyone)"]
     assert inbox(people["vic"]) == ["test.pay (anyone)", "test.wipe (admins only)"]  # read-only
+
+
+def test_a_policy_can_hold_a_workflow_in_review_stage_only(tenant, converse, drive, publish, people):
+    from workflows.services import workflow_stage_set
+
+    policy(tenant, tool="test.pay", stage="review", require="deny", name="not while in review")
+    workflow = publish(tenant, spec([["test.pay", {"amount": 1, "to": "x"}]]))
+    _, run = converse(tenant, spec([["test.pay", {"amount": 1, "to": "x"}]]))
+    assert results(drive(run)) == [{"paid": 1, "to": "x"}]
+    workflow_stage_set(workflow=workflow, stage="review", actor=people["ann"])
+    _, run = converse(tenant, spec([["test.pay", {"amount": 1, "to": "x"}]]), turn_id="t2")
+    assert results(drive(run))[0]["code"] == "denied"
+    assert AuditEntry.objects.get(action="workflow.stage").new == {"stage": "review"}
+
+
+def test_the_admin_audits_a_change_of_stage(admin_client, tenant, publish):
+    workflow = publish(tenant, spec([["test.noop", {}]]))
+    response = admin_client.post(f"/admin/workflows/workflow/{workflow.id}/change/", {
+        "tenant": tenant.id, "slug": workflow.slug, "name": workflow.name, "stage": "shadow",
+        "versions-TOTAL_FORMS": 0, "versions-INITIAL_FORMS": 0})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    workflow.refresh_from_db()
+    assert workflow.stage == "shadow" and AuditEntry.objects.get(action="workflow.stage").old == {"stage": "auto"}
