@@ -193,9 +193,11 @@ def _matches(policy: ToolPolicy, contract: Contract, args: dict, workflow_id, st
         return True
     try:
         value = compile_expression(policy.condition).search(args)
-    except jmespath.exceptions.JMESPathError:
-        return policy.require != "nothing"  # a condition that cannot be read holds, where that is the safer side
-    return value not in (None, False, "", [], {})
+    except (jmespath.exceptions.JMESPathError, TypeError):  # jmespath raises TypeError for "5" > 100
+        value = None
+    if value is None:  # it cannot be told (a field missing, text compared with a number): held, if that is safer
+        return policy.require != "nothing"
+    return value not in (False, "", [], {})
 
 
 def tool_call_decide(*, run, key: str, decision: dict, approval) -> None:

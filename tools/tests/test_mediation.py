@@ -370,3 +370,16 @@ def test_the_admin_audits_a_change_of_stage(admin_client, tenant, publish):
     assert response.status_code == 302, response.content.decode()[:2000]
     workflow.refresh_from_db()
     assert workflow.stage == "shadow" and AuditEntry.objects.get(action="workflow.stage").old == {"stage": "auto"}
+
+
+def test_a_condition_that_cannot_be_told_holds_on_the_safe_side(tenant, converse, drive):
+    policy(tenant, tool="refunds.issue", condition="amount > `100`", require="deny", name="big refunds")
+    _, run = converse(tenant, spec([["refunds.issue", {"order_id": 1, "amount": "5.00"}]], tools=("refunds.issue",)))
+    refusal, = results(drive(run))  # "5.00" > 100: JMESPath cannot compare text with a number
+    assert refusal["code"] == "denied"
+    rule = ToolPolicy.objects.get(tenant=tenant, name="big refunds")
+    rule.condition = "to_number(amount) > `100`"
+    governed_save(obj=rule, actor=None)
+    _, run = converse(tenant, spec([["refunds.issue", {"order_id": 1, "amount": "5.00"}]], tools=("refunds.issue",)),
+                      turn_id="t2")
+    assert results(drive(run))[0]["amount"] == "5.00"
