@@ -93,10 +93,9 @@ def reasoner(ctx: StepContext) -> AgentResult:
             name = call["function"]["name"].replace("__", ".")
             try:
                 args = json.loads(call["function"]["arguments"] or "{}")
-            except json.JSONDecodeError as e:
-                result = {"refused": True, "code": "invalid_arguments", "reason": f"{name}: not JSON ({e.msg})"}
-            else:
-                result = tool_call(ctx, name, args)
+            except json.JSONDecodeError:
+                args = call["function"]["arguments"]  # not an object: refused (and audited) as any other would be
+            result = tool_call(ctx, name, args)
             calls.append({"tool": name, "refused": bool(result.get("refused"))})
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)})
     if answer.data is None:

@@ -66,8 +66,6 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], di
             ctx.wait_for_human(key, {**approval, "tool": tool, "payload": args})
         if record.decision and record.decision.get("payload") is not None:
             args = record.decision["payload"]
-        if record.decision and record.decision.get("args_hash", args_hash(tool, args)) != args_hash(tool, args):
-            raise ToolCallConflict(f"call {seq} of node '{ctx.node_id}': the arguments differ from those approved")
     if admit is not None:
         admit()
     if record is None and not effect:  # nothing to make twice: recorded with the step's outcome, whatever it is
@@ -273,9 +271,6 @@ def tools_changed(tenant_id: int) -> None:
     transaction.on_commit(lambda: (_tenant_tools.pop(tenant_id, None), redis.client().incr(_tools_key(tenant_id))))
 
 
-GOVERNED = (Tool, McpServer, ToolGrant, ToolPolicy, ToolLimit, RedactionSettings)
-
-
 def _shown(obj) -> dict:
     return json.loads(json.dumps(model_to_dict(obj), cls=DjangoJSONEncoder))
 
@@ -313,12 +308,9 @@ def pii_redact(ctx, value):
     if not entities:
         return value
     if ctx.pii_vault is None:  # most values hold none: the run's stored tokens are read only once one does
-        redacted = pii.redact_json(value, vault=pii.Vault(), entities=entities)
-        if redacted == value:
+        if pii.redact_json(value, vault=pii.Vault(), entities=entities) == value:
             return value
-        row = PiiVault.objects.filter(run_id=ctx.run_id).first()
-        ctx.pii_vault = (pii.Vault.from_json(_vault_open(ctx.tenant_id, ctx.run_id, row.ciphertext)) if row
-                         else pii.Vault())
+        ctx.pii_vault = _vault_read(ctx.tenant_id, ctx.run_id) or pii.Vault()
     redacted = pii.redact_json(value, vault=ctx.pii_vault, entities=entities)
     if ctx.pii_vault.changed:
         ctx.pii_vault.changed = False
@@ -335,26 +327,24 @@ def pii_refill_args(ctx, args: dict) -> dict:
     if "<" not in json.dumps(args):
         return args
     if ctx.pii_vault is None:
-        row = PiiVault.objects.filter(run_id=ctx.run_id).first()
-        if row is None:
-            return args
-        ctx.pii_vault = pii.Vault.from_json(_vault_open(ctx.tenant_id, ctx.run_id, row.ciphertext))
-    return pii.refill_json(args, ctx.pii_vault)
+        ctx.pii_vault = _vault_read(ctx.tenant_id, ctx.run_id)
+    return pii.refill_json(args, ctx.pii_vault) if ctx.pii_vault else args
 
 
 def pii_refill(*, tenant_id: int, run_id, text: str) -> str:
     """The text with the run's PII tokens replaced by the values they stand for: for the customer's eyes."""
-    if "<" not in text:
-        return text
-    row = PiiVault.objects.filter(run_id=run_id).first()
-    if row is None:
-        return text
-    return pii.refill(text, pii.Vault.from_json(_vault_open(tenant_id, run_id, row.ciphertext)))
+    vault = _vault_read(tenant_id, run_id) if "<" in text else None
+    return pii.refill(text, vault) if vault else text
 
 
 @sensitive_variables()
-def _vault_open(tenant_id: int, run_id, ciphertext) -> dict:
-    return json.loads(crypto.decrypt(settings.HIL_MASTER_KEY, tenant_id, f"pii:{run_id}", ciphertext))
+def _vault_read(tenant_id: int, run_id) -> pii.Vault | None:
+    """The run's stored tokens, decrypted; None before a redaction stored any."""
+    row = PiiVault.objects.filter(run_id=run_id).first()
+    if row is None:
+        return None
+    return pii.Vault.from_json(json.loads(crypto.decrypt(settings.HIL_MASTER_KEY, tenant_id, f"pii:{run_id}",
+                                                         row.ciphertext)))
 
 
 # --- MCP servers

@@ -198,13 +198,13 @@ def _holding(run_id, lease: str):
 def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
     """Run one attempt of an agent node and commit its outcome; returns the run as committed."""
     node_id, limits = node["id"], workflow_spec.limits(node)
+    workflow_id = version_get(run.workflow_version_id).workflow_id
     ctx = registry.StepContext(tenant_id=run.tenant_id, run_id=str(run.id), node_id=node_id, attempt=run.attempt,
                                config=node.get("config", {}), state=run.state, holding=partial(_holding, run.id, lease),
                                max_cost=limits["max_cost"], on_budget=node.get("on_budget", "HANDOVER"),
                                run_max_cost=spec.get("limits", {}).get("max_cost"),
                                workflow_version_id=run.workflow_version_id, tools=tuple(node.get("tools", ())),
-                               workflow_id=version_get(run.workflow_version_id).workflow_id,
-                               stage=partial(_stage, version_get(run.workflow_version_id).workflow_id))
+                               workflow_id=workflow_id, stage=partial(_stage, workflow_id))
     started = timezone.now()
     error, retryable, waiting = None, True, None
     timeout_s = limits["timeout_ms"] / 1000
