@@ -25,7 +25,8 @@ from django.conf import settings
 from django.utils import timezone
 from pgvector import Vector
 
-from . import embeddings
+from core import embeddings
+
 from .models import CachedAnswer
 
 DELETE_BATCH = 10_000

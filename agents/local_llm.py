@@ -2,7 +2,7 @@
 `openai` client over real HTTP.
 
 It serves `POST /v1/chat/completions` (plain, or streamed as server-sent events),
-`POST /v1/embeddings` (real MiniLM sentence embeddings, from `agents.embeddings`) and `GET /v1/models`.
+`POST /v1/embeddings` (real MiniLM sentence embeddings, from `core.embeddings`) and `GET /v1/models`.
 Chat answers are scripted: `server.script(text("hi"), rate_limited(), model=None)` queues behaviours,
 one taken per request. A request takes the next behaviour scripted for its model; a chat completion
 with none takes the next one scripted for no model in particular, and else the default, which echoes
@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from agents.embeddings import embed
+from core.embeddings import embed
 from agents.llm import OfflineModel
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from django.db import models
 from django.utils import timezone
 from pgvector.django import HnswIndex, VectorField
 
-from .embeddings import DIMENSIONS
+from core.embeddings import DIMENSIONS
 
 PRICE = {"max_digits": 12, "decimal_places": 6, "validators": [MinValueValidator(0)],
          "help_text": "USD per 1M tokens."}

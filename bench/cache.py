@@ -53,7 +53,8 @@ from django.utils import timezone  # noqa: E402
 from pgvector.psycopg import register_vector  # noqa: E402
 
 from accounts.models import Tenant  # noqa: E402
-from agents import cache, embeddings  # noqa: E402
+from agents import cache  # noqa: E402
+from core import embeddings  # noqa: E402
 from agents.models import CachedAnswer  # noqa: E402
 
 SLUG = "bench-cache"

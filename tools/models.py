@@ -1,9 +1,14 @@
 import jmespath
 import jsonschema
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.db.models import GeneratedField
+from pgvector.django import HnswIndex, VectorField
 
+from core.embeddings import DIMENSIONS
 from core.expressions import compile_expression
 from core.rollout import Stage
 
@@ -307,3 +312,165 @@ class PiiVault(models.Model):
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
     ciphertext = models.BinaryField()
     updated_at = models.DateTimeField(auto_now=True)
+
+
+# --- data sources (the SQL agent) and knowledge sources (RAG) -------------------------------
+
+
+class DataSource(models.Model):
+    """A tenant's database that the SQL agent reads, and writes only through an approval (tools/sql.py guards
+    every statement in code and in the database)."""
+
+    class Engine(models.TextChoices):
+        DUCKDB = "duckdb", "DuckDB file"
+        SQLITE = "sqlite", "SQLite file"
+        POSTGRES = "postgres", "PostgreSQL"
+
+    class Tag(models.TextChoices):
+        PII = "pii", "personal data: redacted before a model sees it"
+        HIDDEN = "hidden", "hidden: never in a prompt or a result"
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    name = models.SlugField(max_length=100, db_index=False, help_text="Letters, digits, '-' and '_'; unique in the "
+                                                                      "tenant. Workflows name the source by it.")
+    engine = models.CharField(max_length=8, choices=Engine.choices)
+    location = models.CharField(max_length=1000, help_text="The file's path (DuckDB, SQLite), or a PostgreSQL URL "
+                                                           "without its password: postgresql://reader@host:5432/db")
+    password_secret = models.SlugField(max_length=100, blank=True,
+                                       help_text="The name of the secret holding the PostgreSQL password.")
+    description = models.TextField(blank=True, help_text="What the data is, for the model.")
+    row_cap = models.PositiveIntegerField(default=200, validators=[MinValueValidator(1), MaxValueValidator(10_000)],
+                                          help_text="At most this many rows come back from a query.")
+    timeout_ms = models.PositiveIntegerField(default=5_000,
+                                             validators=[MinValueValidator(100), MaxValueValidator(120_000)])
+    schema = models.JSONField(default=dict, blank=True, editable=False,
+                              help_text="What introspection found: tables, columns, keys, examples, row counts.")
+    schema_at = models.DateTimeField(null=True, blank=True, editable=False)
+    column_tags = models.JSONField(default=dict, blank=True,
+                                   help_text='{"Table.column": "pii" or "hidden"}')
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="data_source_name_unique")]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        tags = self.column_tags
+        if not isinstance(tags, dict) or not all(
+                isinstance(k, str) and k.count(".") >= 1 and v in self.Tag.values for k, v in tags.items()):
+            raise ValidationError({"column_tags": 'A mapping of "Table.column" to "pii" or "hidden".'})
+
+
+class SqlExample(models.Model):
+    """A question and the SQL that answered it, that a human approved or marked good: the SQL agent's few-shot
+    examples, found by the question's meaning."""
+
+    class Origin(models.TextChoices):
+        APPROVED = "approved", "a human approved it"
+        MARKED_GOOD = "marked_good", "a human marked the answer good"
+        CURATED = "curated", "written by an operator"
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    source = models.ForeignKey(DataSource, on_delete=models.CASCADE, related_name="examples")
+    question = models.TextField()
+    sql = models.TextField()
+    origin = models.CharField(max_length=12, choices=Origin.choices)
+    embedding = VectorField(dimensions=DIMENSIONS, editable=False)
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [HnswIndex(fields=["embedding"], name="sql_example_embedding", m=16, ef_construction=64,
+                             opclasses=["vector_cosine_ops"])]
+
+    def __str__(self):
+        return self.question[:80]
+
+
+class KnowledgeSource(models.Model):
+    """A tenant's collection of documents that the RAG agent searches and cites."""
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    name = models.SlugField(max_length=100, db_index=False, help_text="Unique in the tenant; workflows name it.")
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="knowledge_source_name_unique")]
+
+    def __str__(self):
+        return self.name
+
+
+class Document(models.Model):
+    """An uploaded document. Ingestion (a Celery task) extracts its text, splits it into chunks under their
+    headings and embeds them; chunks' character offsets refer to `text`."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        INGESTING = "ingesting"
+        READY = "ready"
+        FAILED = "failed"
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    source = models.ForeignKey(KnowledgeSource, on_delete=models.CASCADE, related_name="documents")
+    title = models.CharField(max_length=300)
+    media_type = models.CharField(max_length=100, help_text="text/plain, text/markdown, text/html or application/pdf")
+    data = models.BinaryField(editable=False, help_text="The file as uploaded.")
+    sha256 = models.CharField(max_length=64, editable=False)
+    text = models.TextField(blank=True, editable=False, help_text="The text extracted from the file.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    chunks_total = models.PositiveIntegerField(default=0)
+    chunks_done = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["source", "title"]
+        # The same file uploaded twice to a source is one document.
+        constraints = [models.UniqueConstraint(fields=["source", "sha256"], name="document_once_per_source")]
+
+    def __str__(self):
+        return self.title
+
+    @property
+    def progress(self) -> int:
+        """Percent done."""
+        if self.status == self.Status.READY:
+            return 100
+        return int(100 * self.chunks_done / self.chunks_total) if self.chunks_total else 0
+
+
+class Chunk(models.Model):
+    """A passage of a document: its text, the headings above it, its span in the document's text, its
+    embedding, and its full-text vector (Postgres computes it)."""
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    source = models.ForeignKey(KnowledgeSource, on_delete=models.CASCADE, related_name="+")
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    ordinal = models.PositiveIntegerField()
+    heading = models.CharField(max_length=1000, blank=True, help_text="The headings above it, joined by ' > '.")
+    text = models.TextField()
+    start = models.PositiveIntegerField(help_text="Where it starts in the document's text (characters).")
+    end = models.PositiveIntegerField()
+    embedding = VectorField(dimensions=DIMENSIONS)
+    search = GeneratedField(expression=SearchVector("heading", "text", config="english"),
+                            output_field=SearchVectorField(), db_persist=True)
+
+    class Meta:
+        ordering = ["document", "ordinal"]
+        constraints = [models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_once")]
+        indexes = [HnswIndex(fields=["embedding"], name="chunk_embedding", m=16, ef_construction=64,
+                             opclasses=["vector_cosine_ops"]),
+                   GinIndex(fields=["search"], name="chunk_search"),
+                   models.Index(fields=["tenant", "source"], name="chunk_scope")]
+
+    def __str__(self):
+        return f"{self.document_id}#{self.ordinal}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from agents import embeddings
+from core import embeddings
 from agents.local_llm import (LocalLLMServer, delayed, hang, json_answer, rate_limited, server_error, text,
                               tool_calls, truncated_stream, wrong_key)
 from agents.tests.conftest import LLM_TEST_KEY
