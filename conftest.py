@@ -12,6 +12,7 @@ import pytest
 from rest_framework.test import APIClient
 
 import workflows.tests.agents  # noqa: F401  (registers the test agents in this process)
+from agents.tests.conftest import llm_server, model  # noqa: F401  (fixtures for every app's tests)
 from accounts.models import Role, Tenant
 from accounts.services import api_token_create, membership_set, user_ensure
 from hil_project.celery import app as celery_app
@@ -41,6 +42,13 @@ def verified_login(client, user):
 def admin_client(client, admin_user):
     """pytest-django's superuser client, past the second factor as the admin requires."""
     return verified_login(client, admin_user)
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    """Each test's data sources' files in a folder of its own (the demo's seed copies its database there)."""
+    settings.HIL_DATA_DIR = str(tmp_path / "sources")
+    return tmp_path / "sources"
 
 
 @pytest.fixture

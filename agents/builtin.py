@@ -14,7 +14,7 @@ from core import deadlines
 from core.expressions import evaluate
 from tools.mediation import tool_call
 
-from . import router
+from . import grounding, router
 from .llm import OfflineModel
 from .registry import AgentResult, StepContext, StepFailure, register
 
@@ -59,6 +59,14 @@ def intent(ctx: StepContext) -> AgentResult:
     return AgentResult(output, cost=answer.cost, usage=answer.usage)
 
 
+CITATIONS = {"type": "array", "items": {"type": "object", "required": ["chunk", "quote"], "properties": {
+    "chunk": {"type": "integer"}, "quote": {"type": "string", "minLength": 1}}}}
+GROUNDED = ("\nEvery statement that rests on a passage cites it: add {\"chunk\": <the passage's chunk id>, "
+            "\"quote\": \"<the exact words you rely on, copied verbatim>\"} to \"citations\".")
+COUNTED = ("\nEvery number you write must appear in a SQL result above, or be computed from such numbers: then add "
+           "the arithmetic (e.g. \"12.5 + 3.25\") to \"calculations\".")
+
+
 @register("responder", config_schema={
     "type": "object", "additionalProperties": False,
     "properties": {"template": {"type": "string"}, "profile": {"type": "string"}, "cache": router.CACHE_CONFIG,
@@ -67,7 +75,9 @@ def intent(ctx: StepContext) -> AgentResult:
 def responder(ctx: StepContext) -> AgentResult:
     """Write the reply. Config: `template` with {{ jmespath }} placeholders over the run state; with a
     `profile`, a model writes it from the run state in the workflow's `persona`, and the template is what
-    the offline model answers."""
+    the offline model answers. A reply grounded in a `rag` node's snippets must cite them verbatim (checked; one
+    more try, then the step fails to HANDOVER); in a `sql` node's result, its numbers are traced to result cells
+    or calculations over them, and those that are not are listed in `untraced_numbers` (route them to a human)."""
 
     def fill(match):
         value = evaluate(match.group(1), ctx.state)
@@ -76,21 +86,51 @@ def responder(ctx: StepContext) -> AgentResult:
     template = PLACEHOLDER.sub(fill, ctx.config.get("template", ""))
     if "profile" not in ctx.config:
         return AgentResult({"reply": template, "model": "template"})
+    snippets, results = grounding.grounds(ctx.state)
 
-    def offline() -> dict:
-        if not template:
+    def offline() -> dict:  # the template, or else the best passage as it stands, citing itself
+        if not template and not snippets:
             raise StepFailure(f"no model answers profile '{ctx.config['profile']}' and the node has no template")
-        return {"reply": template}
+        cited = [{"chunk": snippets[0]["chunk"], "quote": snippets[0]["text"]}] if snippets else []
+        return {"reply": template or snippets[0]["text"], "citations": cited}
 
     facts = {key: value for key, value in ctx.state.items() if key != "input"}
-    answer = router.complete(
-        ctx, cache=ctx.config.get("cache", "exact"), profile=ctx.config["profile"],
-        max_tokens=ctx.config.get("max_tokens", 400), offline=offline,
-        schema={"type": "object", "required": ["reply"], "properties": {"reply": {"type": "string", "minLength": 1}}},
-        messages=[{"role": "system", "content": prompt("responder", persona=ctx.config.get("persona", "our team"),
-                                                       facts=json.dumps(facts, indent=1))},
-                  {"role": "user", "content": ctx.state["input"]["text"]}])
-    return AgentResult({"reply": answer.data["reply"], "model": answer.model}, cost=answer.cost, usage=answer.usage)
+    schema = {"type": "object", "required": ["reply", *(["citations"] if snippets else [])], "properties": {
+        "reply": {"type": "string", "minLength": 1}, "citations": CITATIONS,
+        "calculations": {"type": "array", "items": {"type": "string"}}}}
+    messages = [{"role": "system", "content": prompt(
+        "responder", persona=ctx.config.get("persona", "our team"), facts=json.dumps(facts, indent=1, default=str),
+        rules=(GROUNDED if snippets else "") + (COUNTED if results else ""))},
+                {"role": "user", "content": ctx.state["input"]["text"]}]
+    cost = Decimal(0)
+    for attempt in (1, 2):
+        answer = router.complete(ctx, cache=ctx.config.get("cache", "exact"), profile=ctx.config["profile"],
+                                 max_tokens=ctx.config.get("max_tokens", 400), offline=offline, schema=schema,
+                                 messages=messages)
+        cost += answer.cost
+        citations = answer.data.get("citations") or []
+        problems = grounding.citation_problems(tenant_id=ctx.tenant_id, citations=citations, snippets=snippets) \
+            if snippets else []
+        if not problems:
+            break
+        messages += [{"role": "assistant", "content": json.dumps(answer.data)},
+                     {"role": "user", "content": "These citations do not hold: " + "; ".join(problems)
+                                                 + ". Quote the passages verbatim, or say less."}]
+    else:
+        raise StepFailure("the reply's citations could not be verified: " + "; ".join(problems))
+    output = {"reply": answer.data["reply"], "model": answer.model}
+    if snippets:
+        by_chunk = {snippet["chunk"]: snippet for snippet in snippets}
+        output["citations"] = [{**c, **{k: by_chunk[c["chunk"]][k] for k in ("title", "heading", "source")}}
+                               for c in citations]
+        ctx.emit("artifact", {"node": ctx.node_id, "kind": "citations", "citations": output["citations"]})
+        output["reply"] += "\n\nSources: " + "; ".join(dict.fromkeys(
+            f"{c['title']}" + (f" › {c['heading']}" if c["heading"] else "") for c in output["citations"]))
+    if results:
+        output["untraced_numbers"] = grounding.untraced_numbers(
+            answer.data["reply"], results=results, calculations=answer.data.get("calculations") or [],
+            question=ctx.state["input"]["text"])
+    return AgentResult(output, cost=cost, usage=answer.usage)
 
 
 @register("rules", config_schema={

@@ -151,6 +151,7 @@ def _load():
             return
         importlib.import_module("agents.builtin")
         importlib.import_module("agents.reasoning")
+        importlib.import_module("agents.data")
         # Modules named in the settings load before plug-ins, so that they win a clash of names.
         for module in settings.HIL_AGENT_MODULES:
             importlib.import_module(module)

@@ -10,8 +10,8 @@ class ApprovalSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApprovalRequest
-        fields = ["id", "run", "node_id", "title", "payload", "payload_schema", "status", "decided_payload",
-                  "comment", "decided_by", "decided_at", "expires_at", "created_at"]
+        fields = ["id", "run", "node_id", "title", "payload", "payload_schema", "preview", "approver_role", "quorum",
+                  "status", "decided_payload", "comment", "decided_by", "decided_at", "expires_at", "created_at"]
 
 
 class DecisionSerializer(serializers.Serializer):

@@ -7,6 +7,7 @@ from django.shortcuts import render
 from accounts.models import Membership, Role
 from accounts.views import member_required
 from tools.mediation import RANK
+from workflows.models import Workflow
 
 from . import services
 from .models import ApprovalRequest, CannedReply, HandoverTicket
@@ -30,5 +31,7 @@ def console(request):
             "approvals": [services.approval_card(a) for a in approvals
                           if member.role == Role.VIEWER or not a.approver_role or a.approver_role in decides],
             "canned": list(CannedReply.objects.filter(tenant_id=member.tenant_id).values("title", "text")),
+            "workflows": [{"id": slug, "name": name} for slug, name in Workflow.objects.filter(
+                tenant_id=member.tenant_id, live_version__isnull=False).order_by("slug").values_list("slug", "name")],
         },
     })

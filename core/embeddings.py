@@ -19,7 +19,8 @@ def embed(texts: list[str]) -> list[list[float]]:
         return []
     # One caller at a time: the Rust tokenizer refuses to be used by two threads at once.
     with _lock:
-        vectors = _loaded_model().encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
+        vectors = _loaded_model().encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
+                                               show_progress_bar=False)
     return vectors.tolist()
 
 

@@ -258,12 +258,18 @@ CELERY_BEAT_SCHEDULE = {
 HIL_AGENT_MODULES = [m for m in os.environ.get("HIL_AGENT_MODULES", "").split(",") if m]
 # The demo's order data: the Chinook sample database, read-only.
 HIL_ORDERS_DB = os.environ.get("HIL_ORDERS_DB", str(BASE_DIR / "data" / "chinook" / "chinook.sqlite"))
+# Data sources that are files (SQLite, DuckDB) live in a folder per tenant under this one: <dir>/<tenant slug>/.
+HIL_DATA_DIR = os.environ.get("HIL_DATA_DIR", str(BASE_DIR / ".data" / "sources"))
+# A PostgreSQL data source may not be the server HIL keeps its own rows on (it would read every tenant's), unless
+# this is on (tests put their copy of the sample data there).
+HIL_DATA_SOURCES_ON_OWN_SERVER = os.environ.get("HIL_DATA_SOURCES_ON_OWN_SERVER") == "1"
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("HIL_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # sqlglot warns of each statement it reads as a generic command, which the SQL guard then refuses anyway.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "sqlglot": {"level": "ERROR"}},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / ".data" / "celerybeat-schedule")

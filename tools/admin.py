@@ -1,14 +1,19 @@
 from django import forms
 from django.contrib import admin, messages
 from django.db import models
+from django.utils import timezone
 from django.utils.decorators import method_decorator
+from django.utils.html import format_html, format_html_join
 from django.views.decorators.debug import sensitive_post_parameters
 
 from accounts.admin import TenantScopedAdmin
 
 from core.errors import ServiceError
 
-from .models import McpServer, RedactionSettings, Secret, Tool, ToolCall, ToolGrant, ToolLimit, ToolPolicy
+from .datasources import data_source_refresh, data_source_schema, sql_example_add
+from .knowledge import document_upload, knowledge_source_create
+from .models import (DataSource, Document, KnowledgeSource, McpServer, RedactionSettings, Secret, SqlExample, Tool,
+                     ToolCall, ToolGrant, ToolLimit, ToolPolicy)
 from .services import governed_delete, governed_save, mcp_server_sync, secret_delete, secret_set
 
 
@@ -168,3 +173,131 @@ class ToolLimitAdmin(GovernedAdmin):
 @admin.register(RedactionSettings)
 class RedactionSettingsAdmin(GovernedAdmin):
     list_display = ["tenant", "email", "phone", "card", "iban", "national_id"]
+
+
+class DataSourceForm(forms.ModelForm):
+    class Meta:
+        model = DataSource
+        fields = ["tenant", "name", "engine", "location", "password_secret", "description", "row_cap", "timeout_ms",
+                  "column_tags"]
+
+    def _post_clean(self):
+        super()._post_clean()
+        if not self.errors:  # the connection is tried, and the schema read, before anything is saved
+            try:
+                self.instance.schema = data_source_schema(self.instance)
+            except ServiceError as e:
+                self.add_error(None, str(e))
+            self.instance.schema_at = timezone.now()
+
+
+@admin.register(DataSource)
+class DataSourceAdmin(GovernedAdmin):
+    """Saved once its connection works and its schema is read; the schema shows below, and the action reads it
+    again. Tag columns in `column_tags`: hidden ones never reach a prompt or a result."""
+
+    form = DataSourceForm
+    list_display = ["name", "tenant", "engine", "location", "row_cap", "schema_at"]
+    list_filter = ["tenant", "engine"]
+    readonly_fields = ["schema_at", "tables"]
+    actions = ["refresh"]
+
+    @admin.display(description="schema")
+    def tables(self, obj):
+        return format_html_join("", "<p><b>{}</b> ({} rows): {}</p>", (
+            (t["name"], t.get("row_count", "?"), ", ".join(
+                f"{c['name']} {c['type']}" + (" (hidden)" if c.get("hidden") else "") for c in t["columns"]))
+            for t in obj.schema.get("tables", [])))
+
+    @admin.action(description="Read the selected sources' schemas again")
+    def refresh(self, request, queryset):
+        for source in queryset:
+            try:
+                data_source_refresh(source=source)
+            except ServiceError as e:
+                self.message_user(request, str(e), messages.ERROR)
+            else:
+                self.message_user(request, f"{source.name}: {len(source.schema['tables'])} tables")
+
+
+class SqlExampleForm(forms.ModelForm):
+    class Meta:
+        model = SqlExample
+        fields = ["tenant", "source", "question", "sql"]
+
+
+@admin.register(SqlExample)
+class SqlExampleAdmin(TenantScopedAdmin):
+    """Questions with the SQL that answers them, that a person approved or wrote: the SQL agent's examples."""
+
+    form = SqlExampleForm
+    list_display = ["question", "source", "origin", "created_by", "created_at"]
+    list_filter = ["tenant", "source", "origin"]
+    search_fields = ["question", "sql"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["tenant", "source", "question", "sql", "origin", "created_by"] if obj else []
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            added = sql_example_add(source=obj.source, question=obj.question, sql_text=obj.sql,
+                                    origin=SqlExample.Origin.CURATED, actor=request.user)
+            obj.pk = added.pk
+
+
+class DocumentInline(admin.TabularInline):
+    model = Document
+    fields = ["title", "media_type", "status", "progress_bar", "chunks_done", "chunks_total", "error"]
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="progress")
+    def progress_bar(self, obj):
+        return format_html('<progress max="100" value="{}"></progress> {}%', obj.progress, obj.progress)
+
+
+class KnowledgeSourceForm(forms.ModelForm):
+    upload = forms.FileField(required=False, help_text="Add a document (.txt, .md, .html, .pdf): it is ingested "
+                                                       "in the background; its progress shows below.")
+
+    class Meta:
+        model = KnowledgeSource
+        fields = ["tenant", "name", "description"]
+
+
+@admin.register(KnowledgeSource)
+class KnowledgeSourceAdmin(TenantScopedAdmin):
+    form = KnowledgeSourceForm
+    list_display = ["name", "tenant", "description", "created_at"]
+    list_filter = ["tenant"]
+    inlines = [DocumentInline]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.pk = knowledge_source_create(tenant=obj.tenant, name=obj.name, description=obj.description,
+                                             actor=request.user).pk
+        else:
+            obj.save()
+        if upload := form.cleaned_data.get("upload"):
+            try:
+                document, created = document_upload(source=obj, title=upload.name, media_type=upload.content_type,
+                                                    data=upload.read(), actor=request.user)
+            except ServiceError as e:
+                self.message_user(request, str(e), messages.ERROR)
+            else:
+                self.message_user(request, f"{document.title}: {'queued' if created else 'already there'}")
+
+
+@admin.register(Document)
+class DocumentAdmin(TenantScopedAdmin):
+    list_display = ["title", "source", "status", "progress", "chunks_done", "chunks_total", "error", "updated_at"]
+    list_filter = ["tenant", "source", "status"]
+    fields = ["tenant", "source", "title", "media_type", "sha256", "status", "chunks_done", "chunks_total", "error"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False

@@ -1,17 +1,22 @@
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.auth import GovernancePermission
 from hil_project.api import TenantScopedMixin
+from hil_project.parsers import StrictJSONParser
 
-from . import services
-from .models import McpServer, RedactionSettings, Secret
-from .serializers import (McpServerSerializer, RedactionSettingsSerializer, SecretNameSerializer, SecretSerializer,
-                          SecretValueSerializer, ToolGrantSerializer, ToolLimitSerializer, ToolPolicySerializer,
-                          ToolSerializer)
+from core.errors import ServiceError
+
+from . import datasources, knowledge, services
+from .models import DataSource, Document, KnowledgeSource, McpServer, RedactionSettings, Secret
+from .serializers import (DataSourceSerializer, DocumentSerializer, DocumentUploadSerializer,
+                          KnowledgeSourceSerializer, McpServerSerializer, RedactionSettingsSerializer,
+                          SecretNameSerializer, SecretSerializer, SecretValueSerializer, SqlExampleSerializer,
+                          ToolGrantSerializer, ToolLimitSerializer, ToolPolicySerializer, ToolSerializer)
 
 
 class SecretListApi(TenantScopedMixin, generics.ListAPIView):
@@ -120,3 +125,77 @@ class RedactionSettingsApi(APIView):
         body = RedactionSettingsSerializer(self.settings_of(request), data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
         return Response(RedactionSettingsSerializer(body.save()).data)
+
+
+DataSourceListApi, DataSourceDetailApi = governed_apis(
+    DataSourceSerializer, "The tenant's databases for the SQL agent (DuckDB or SQLite files in the tenant's data "
+                          "folder, PostgreSQL servers): saved once the connection works and the schema is read.")
+
+
+class DataSourceRefreshApi(TenantScopedMixin, APIView):
+    permission_classes = [GovernancePermission]
+
+    @extend_schema(request=None, responses={200: DataSourceSerializer})
+    def post(self, request, pk):
+        """Read the source's schema again."""
+        source = get_object_or_404(self.tenant_queryset(DataSource.objects.all()), pk=pk)
+        source = datasources.data_source_refresh(source=source)
+        return Response(DataSourceSerializer(source, context={"request": request}).data)
+
+
+class SqlExampleListApi(Governed, generics.ListCreateAPIView):
+    """Questions with the SQL that answers them, marked good by a person: the SQL agent's examples."""
+
+    serializer_class = SqlExampleSerializer
+
+
+class SqlExampleDetailApi(Governed, generics.RetrieveDestroyAPIView):
+    serializer_class = SqlExampleSerializer
+
+
+class KnowledgeSourceListApi(Governed, generics.ListCreateAPIView):
+    """The tenant's knowledge sources: documents the RAG agent searches and cites."""
+
+    serializer_class = KnowledgeSourceSerializer
+
+
+class KnowledgeSourceDetailApi(Governed, generics.RetrieveDestroyAPIView):
+    serializer_class = KnowledgeSourceSerializer
+
+
+class DocumentListApi(TenantScopedMixin, APIView):
+    permission_classes = [GovernancePermission]
+    parser_classes = [StrictJSONParser, MultiPartParser]
+
+    def source(self, pk) -> KnowledgeSource:
+        return get_object_or_404(self.tenant_queryset(KnowledgeSource.objects.all()), pk=pk)
+
+    @extend_schema(responses={200: DocumentSerializer(many=True)})
+    def get(self, request, pk):
+        """The source's documents, with their ingestion's progress."""
+        documents = Document.objects.filter(source=self.source(pk)).defer("data", "text")
+        return Response(DocumentSerializer(documents, many=True).data)
+
+    @extend_schema(request={"multipart/form-data": DocumentUploadSerializer, "application/json":
+                            DocumentUploadSerializer}, responses={201: DocumentSerializer, 200: DocumentSerializer})
+    def post(self, request, pk):
+        """Upload a document: ingested in the background (follow its progress on the document). The same bytes
+        again answer 200 with the document they made."""
+        source = self.source(pk)
+        body = DocumentUploadSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        upload = body.validated_data.get("file")
+        if upload is not None and upload.size > knowledge.MAX_BYTES:
+            raise ServiceError(f"'{upload.name}' is over {knowledge.MAX_BYTES // 2**20} MB")
+        document, created = knowledge.document_upload(
+            source=source, title=body.validated_data.get("title") or upload.name,
+            media_type=body.validated_data.get("media_type") or getattr(upload, "content_type", "") or "",
+            data=upload.read() if upload is not None else body.validated_data["text"].encode(), actor=request.user)
+        return Response(DocumentSerializer(document).data, status=201 if created else 200)
+
+
+class DocumentDetailApi(Governed, generics.RetrieveDestroyAPIView):
+    serializer_class = DocumentSerializer
+
+    def get_queryset(self):
+        return self.tenant_queryset(Document.objects.defer("data", "text"))

@@ -3,8 +3,9 @@
 from dataclasses import replace
 
 from core import deadlines
+from core.errors import NotFound
 
-from . import sandbox
+from . import datasources, sandbox, sql
 from .contracts import builtin
 from .models import Risk
 
@@ -42,3 +43,44 @@ def code_python(args: dict, key: str) -> dict:
     if (left := deadlines.remaining()) is not None:  # the step's deadline bounds the wall clock too
         limits = replace(limits, timeout_s=max(0.1, min(limits.timeout_s, left - 0.5)))
     return sandbox.run_python(args["code"], stdin=args.get("stdin", ""), limits=limits)
+
+
+SQL = {"type": "object", "additionalProperties": False, "required": ["source", "sql"], "properties": {
+    "source": {"type": "string", "maxLength": 100, "description": "The data source's name."},
+    "sql": {"type": "string", "minLength": 1, "maxLength": 20_000, "description": "One statement."}}}
+SQL_RESULT = {"type": "object", "properties": {"error": {"type": "string"}, "columns": {"type": "array"},
+                                               "rows": {"type": "array"}, "row_count": {"type": "integer"}}}
+
+
+@builtin("sql.query", input_schema=SQL, output_schema=SQL_RESULT, risk=Risk.READ, tenant=True)
+def sql_query(args: dict, key: str, *, tenant_id: int) -> dict:
+    """Read from one of the tenant's data sources: one statement that only reads, guarded in code and run
+    read-only in the database, at most the source's row cap. A refusal or a database error comes back as
+    {"error": ...}, to be corrected."""
+    try:
+        return sql.query(datasources.data_source_target(datasources.data_source_of(tenant_id, args["source"])),
+                         args["sql"])
+    except (sql.SqlRefused, sql.SourceError, NotFound) as e:
+        return {"error": getattr(e, "reason", None) or str(e)}
+
+
+def _sql_preview(args: dict, *, tenant_id: int) -> dict:
+    will = {"will": f"run on {args['source']}: {args['sql']}"}
+    try:
+        return {**will, "dry_run": sql.dry_run(
+            datasources.data_source_target(datasources.data_source_of(tenant_id, args["source"])), args["sql"])}
+    except (sql.SqlRefused, sql.SourceError, NotFound) as e:
+        return {**will, "error": getattr(e, "reason", None) or str(e)}
+
+
+@builtin("sql.write", input_schema=SQL, risk=Risk.DESTRUCTIVE, preview=_sql_preview, tenant=True,
+         reapprove_edits=True)
+def sql_write(args: dict, key: str, *, tenant_id: int) -> dict:
+    """Change one of the tenant's data sources with one DML or DDL statement, after an approval that saw its dry
+    run (the rows it would change); an edited statement is dry-run and approved again. A statement the database
+refuses changes nothing and comes back as {"error": ...}."""
+    try:
+        return sql.execute_write(
+            datasources.data_source_target(datasources.data_source_of(tenant_id, args["source"])), args["sql"])
+    except (sql.SqlRefused, sql.SourceError, NotFound) as e:  # nothing changed: the database rolled it back
+        return {"error": getattr(e, "reason", None) or str(e)}

@@ -29,6 +29,9 @@ class Contract:
     run: Callable[[dict, str], dict]  # (arguments, idempotency key) -> result, a JSON object
     description: str = ""
     preview: Callable[[dict], dict] | None = None  # what a call would do, shown to the approver (a dry run)
+    tenant: bool = False  # run and preview take the caller's tenant_id= (a built-in over the tenant's own data)
+    reapprove_edits: bool = False  # an edit is proposed again, previewed and approved anew (a dry run's verdict
+    # holds only for the arguments it ran)
 
 
 _builtins: dict[str, Contract] = {}
@@ -37,9 +40,11 @@ _loading = threading.Lock()
 
 
 def builtin(name: str, *, input_schema: dict, risk: str, output_schema: dict | None = None, cost_usd="0",
-            preview: Callable[[dict], dict] | None = None, kind: str = "builtin"):
+            preview: Callable[[dict], dict] | None = None, kind: str = "builtin", tenant: bool = False,
+            reapprove_edits: bool = False):
     """Declare a tool in code: `fn(args, key) -> dict` acts once per idempotency key `key`. `preview(args)`, for a
-    tool that changes things, tells an approver what the call would change without changing it."""
+    tool that changes things, tells an approver what the call would change without changing it. With `tenant`,
+    both also take the calling tenant's `tenant_id=`."""
     if not re.match(NAME_PATTERN, name):
         raise ValueError(f"tool name {name!r}: lower-case letters, digits, '_' and '-', in parts joined by '.'")
     if risk not in Risk.values:
@@ -53,7 +58,8 @@ def builtin(name: str, *, input_schema: dict, risk: str, output_schema: dict | N
             raise ValueError(f"tool {name!r} is already declared")
         _builtins[name] = Contract(name=name, kind=kind, risk=risk, input_schema=input_schema,
                                    output_schema=output_schema, cost_usd=Decimal(str(cost_usd)), run=fn,
-                                   description=(fn.__doc__ or "").strip().split("\n")[0], preview=preview)
+                                   description=(fn.__doc__ or "").strip().split("\n")[0], preview=preview,
+                                   tenant=tenant, reapprove_edits=reapprove_edits)
         return fn
 
     return decorate

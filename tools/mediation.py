@@ -13,7 +13,7 @@ the step is retried per its limits: the ledger makes the call again under the sa
 
 import fnmatch
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
@@ -72,9 +72,11 @@ def tool_call(ctx, name: str, args) -> dict:
         return _refused(ctx, name, args, _Refused("changed_arguments", str(e)), started)
     except ToolFailed as e:  # retried by the step; its message goes to the step's error and the logs
         raise ToolFailed(pii_redact(ctx, str(e))) from None
-    if result.get("refused") is True and set(result) <= {"refused", "reason"}:  # a human said no, or nobody in time
-        code = "expired" if result["reason"].startswith("expired") else "rejected"
-        return _refused(ctx, name, args, _Refused(code, f"{name}: {result['reason']}"), started)
+    if result.get("refused") is True and set(result) <= {"refused", "reason", "edited"}:
+        # A human said no, nobody decided in time, or a human's edit is to be proposed again.
+        code = "edited" if "edited" in result else "expired" if result["reason"].startswith("expired") else "rejected"
+        refusal = _refused(ctx, name, args, _Refused(code, f"{name}: {result['reason']}"), started)
+        return {**refusal, "edited": pii_redact(ctx, result["edited"])} if code == "edited" else refusal
     if error := schema_error(contract.output_schema or contracts.NOOP_SCHEMA, result):
         return _refused(ctx, name, args, _Refused("invalid_output", f"{name} ran, and returned output its schema "
                                                                     f"rejects: {error}"), started)
@@ -104,6 +106,9 @@ def _ms(started: float) -> float:
 
 def contract_of(tenant_id: int, name: str) -> Contract:
     if found := contracts.builtins().get(name):
+        if found.tenant:
+            return replace(found, run=partial(found.run, tenant_id=tenant_id),
+                           preview=found.preview and partial(found.preview, tenant_id=tenant_id))
         return found
     tool = tenant_tools(tenant_id).tools.get(name)
     if tool is None:
@@ -209,22 +214,26 @@ def tool_call_decide(*, run, key: str, decision: dict, approval) -> None:
         run_id=run.id, idempotency_key=key, status=ToolCall.Status.AWAITING).first()
     if record is None:
         return
-    approved = decision["decision"] in ("approve", "edit")
+    approved = decision["decision"] == "approve"
     args = decision["payload"] if decision["decision"] == "edit" else record.args
-    if decision["decision"] == "edit" and approval.policy:
-        _edit_check(run, record.tool, args, approval)
+    if decision["decision"] == "edit":
+        contract = _edit_check(run, record.tool, args, approval)
+        # Made as edited, unless the tool's approval rests on a dry run: then the agent proposes the edit again.
+        approved = not contract.reapprove_edits
     ToolCall.objects.filter(pk=record.pk).update(
         status=ToolCall.Status.PENDING if approved else ToolCall.Status.REJECTED, updated_at=timezone.now(),
         decision={**decision, "args_hash": args_hash(record.tool, args)})
 
 
-def _edit_check(run, tool: str, args: dict, approval) -> None:
+def _edit_check(run, tool: str, args: dict, approval) -> Contract:
     try:
         contract = contract_of(run.tenant_id, tool)
     except _Refused as e:
         raise ServiceError(f"the edit cannot be checked: {e.reason}") from None
     if error := schema_error(contract.input_schema, args):
         raise ServiceError(f"edited arguments: {error}")
+    if not approval.policy:
+        return contract
     workflow = run.workflow_version.workflow
     need = requirement(tenant_id=run.tenant_id, contract=contract, args=args, workflow_id=workflow.id,
                        stage=lambda: workflow.stage)
@@ -233,6 +242,7 @@ def _edit_check(run, tool: str, args: dict, approval) -> None:
         asks = "a deny" if need.require == "deny" else f"{need.quorum} approver(s) of role {need.approver_role}"
         raise ServiceError(f"policy '{need.policy}' asks {asks} for the edited arguments, more than this approval "
                            "gives: reject it instead")
+    return contract
 
 
 # --- admission: rate limits, quotas and cost, checked when the call is about to be made -------------------

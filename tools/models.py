@@ -1,5 +1,9 @@
+from pathlib import Path
+from urllib.parse import urlsplit
+
 import jmespath
 import jsonschema
+from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.core.exceptions import ValidationError
@@ -363,6 +367,35 @@ class DataSource(models.Model):
         if not isinstance(tags, dict) or not all(
                 isinstance(k, str) and k.count(".") >= 1 and v in self.Tag.values for k, v in tags.items()):
             raise ValidationError({"column_tags": 'A mapping of "Table.column" to "pii" or "hidden".'})
+        if self.engine == self.Engine.POSTGRES:
+            self._clean_url()
+        elif self.tenant_id and not self.file_path().is_relative_to(self.folder().resolve()):
+            raise ValidationError({"location": f"A file in the tenant's data folder, {self.folder()}."})
+
+    def folder(self) -> Path:
+        """Where the tenant's data files are: one tenant cannot name another's, nor any other file."""
+        return Path(settings.HIL_DATA_DIR) / self.tenant.slug
+
+    def file_path(self) -> Path:
+        """The file of a DuckDB or SQLite source: its location, relative to the tenant's folder unless absolute."""
+        return (self.folder() / self.location).resolve()
+
+    def _clean_url(self):
+        url = urlsplit(self.location)
+        if url.scheme not in ("postgres", "postgresql") or not url.hostname or not url.username:
+            raise ValidationError({"location": "A PostgreSQL URL with a user and a host: "
+                                               "postgresql://reader@db.example.com:5432/shop"})
+        if url.password is not None:
+            raise ValidationError({"location": "Keep the password out of the URL: put it in a secret and name the "
+                                               "secret in 'password secret'."})
+        own = settings.DATABASES["default"]
+        own_host, local = own.get("HOST") or "localhost", {"localhost", "127.0.0.1", "::1"}
+        own_local = own_host in local or own_host.startswith(("/", "%2F"))  # a socket is on this machine
+        same_host = url.hostname == own_host or url.hostname in local and own_local
+        if same_host and str(url.port or 5432) == str(own.get("PORT") or 5432) \
+                and not settings.HIL_DATA_SOURCES_ON_OWN_SERVER:
+            raise ValidationError({"location": "That is the server HIL keeps its own data on: a data source must be "
+                                               "another server."})
 
 
 class SqlExample(models.Model):

@@ -2,7 +2,11 @@ from rest_framework import serializers
 
 from hil_project.api import StrictCharField
 
-from .models import McpServer, RedactionSettings, Secret, Tool, ToolGrant, ToolLimit, ToolPolicy
+from . import knowledge
+from .datasources import data_source_save, sql_example_add
+from .knowledge import knowledge_source_create
+from .models import (DataSource, Document, KnowledgeSource, McpServer, RedactionSettings, Secret, SqlExample, Tool,
+                     ToolGrant, ToolLimit, ToolPolicy)
 from .services import governed_save
 
 
@@ -97,3 +101,75 @@ class RedactionSettingsSerializer(GovernedSerializer):
     class Meta:
         model = RedactionSettings
         fields = ["email", "phone", "card", "iban", "national_id"]
+
+
+class DataSourceSerializer(GovernedSerializer):
+    """A data source is saved once its connection works and its schema is read (tools.datasources)."""
+
+    class Meta:
+        model = DataSource
+        fields = ["id", "name", "engine", "location", "password_secret", "description", "row_cap", "timeout_ms",
+                  "column_tags", "schema", "schema_at", "updated_at"]
+        read_only_fields = ["schema", "schema_at"]
+
+    def save_governed(self, obj, validated_data):
+        for name, value in validated_data.items():
+            setattr(obj, name, value)
+        return data_source_save(source=obj, actor=self.context["request"].user)
+
+    def to_representation(self, instance):
+        shown = super().to_representation(instance)
+        for table in (shown.get("schema") or {}).get("tables", []):
+            table.pop("embedding", None)  # for choosing tables, not for reading
+        return shown
+
+
+class SqlExampleSerializer(GovernedSerializer):
+    class Meta:
+        model = SqlExample
+        fields = ["id", "source", "question", "sql", "origin", "created_by", "created_at"]
+        read_only_fields = ["origin", "created_by"]
+
+    def create(self, validated_data):
+        return sql_example_add(source=validated_data["source"], question=validated_data["question"],
+                               sql_text=validated_data["sql"], origin=SqlExample.Origin.MARKED_GOOD,
+                               actor=self.context["request"].user)
+
+
+class KnowledgeSourceSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = KnowledgeSource
+        fields = ["id", "name", "description", "created_at"]
+
+    def create(self, validated_data):
+        request = self.context["request"]
+        return knowledge_source_create(tenant=request.auth.tenant, actor=request.user, **validated_data)
+
+
+class DocumentSerializer(serializers.ModelSerializer):
+    """A document and how far its ingestion is: status, percent done, chunks done of the total, its error."""
+
+    class Meta:
+        model = Document
+        fields = ["id", "source", "title", "media_type", "sha256", "status", "progress", "chunks_done",
+                  "chunks_total", "error", "created_at", "updated_at"]
+        read_only_fields = fields
+
+    progress = serializers.IntegerField(read_only=True, help_text="Percent done.")
+
+
+class DocumentUploadSerializer(serializers.Serializer):
+    """A file (multipart), or text in JSON; the same bytes uploaded twice are one document."""
+
+    file = serializers.FileField(required=False, help_text=".txt, .md, .html or .pdf, at most 20 MB.")
+    text = StrictCharField(required=False, trim_whitespace=False, max_length=20 * 2**20)
+    title = StrictCharField(required=False, max_length=300, help_text="Default: the file's name.")
+    media_type = serializers.ChoiceField(required=False, choices=sorted(knowledge.MEDIA_TYPES),
+                                         help_text="Default: from the file's type or name.")
+
+    def validate(self, attrs):
+        if ("file" in attrs) == ("text" in attrs):
+            raise serializers.ValidationError("Send either a file or a text.")
+        if "text" in attrs and not attrs.get("title"):
+            raise serializers.ValidationError({"title": "A text needs a title."})
+        return attrs

@@ -60,6 +60,9 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], di
     if record is not None:
         if record.status == ToolCall.Status.SUCCEEDED:
             return record.result
+        if record.status == ToolCall.Status.REJECTED and record.decision["decision"] == "edit":
+            return {"refused": True, "reason": f"edited by {record.decision.get('by') or 'a human'}, to be proposed "
+                                               "again", "edited": record.decision["payload"]}
         if record.status == ToolCall.Status.REJECTED:
             return {"refused": True, "reason": _refusal(record.decision)}
         if record.status == ToolCall.Status.AWAITING:
@@ -275,14 +278,19 @@ def _shown(obj) -> dict:
     return json.loads(json.dumps(model_to_dict(obj), cls=DjangoJSONEncoder))
 
 
-@transaction.atomic
-def governed_save(*, obj, actor) -> None:
-    """Save a tool, MCP server, grant, policy, limit or redaction setting (validated), with its audit row."""
+def validate(obj) -> None:
+    """The model's checks, failing as a ServiceError that says what is wrong with which field."""
     try:
         obj.full_clean()
     except ValidationError as e:
         raise ServiceError("; ".join(f"{field}: {' '.join(errors)}" if field != "__all__" else " ".join(errors)
                                      for field, errors in e.message_dict.items())) from None
+
+
+@transaction.atomic
+def governed_save(*, obj, actor) -> None:
+    """Save a tool, MCP server, grant, policy, limit or redaction setting (validated), with its audit row."""
+    validate(obj)
     old = type(obj).objects.filter(pk=obj.pk).first() if obj.pk else None
     obj.save()
     action = f"{obj._meta.model_name}.{'change' if old else 'add'}"

@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
 from accounts.admin import TenantScopedAdmin
+from core import charts
 from core.errors import ServiceError
 
 from . import services
@@ -128,9 +129,24 @@ class EventInline(ReadOnlyInline):
 class RunAdmin(TenantScopedAdmin):
     list_display = ["id", "workflow_version", "status", "sink", "current_node", "cost", "created_at"]
     list_filter = ["tenant", "status", "sink"]
-    readonly_fields = [f.name for f in Run._meta.fields]
+    readonly_fields = [f.name for f in Run._meta.fields] + ["results"]
     inlines = [StepInline, EventInline]
     actions = ["cancel", "retry"]
+
+    @admin.display(description="results")
+    def results(self, run):
+        """What the run found: each SQL result as a table (and a chart where one fits), each passage it searched,
+        with what the reply cited marked."""
+        artifacts = [e.data for e in run.events.filter(type="artifact").order_by("seq")]
+        quotes = [c["quote"] for a in artifacts if a.get("kind") == "citations" for c in a["citations"]]
+        shown = []
+        for artifact in artifacts:
+            if artifact.get("kind") == "sql_result":
+                shown.append(_sql_result(artifact))
+            elif artifact.get("kind") == "snippets":
+                shown.append(format_html_join("", '<blockquote><b>{} › {}</b><br>{}</blockquote>', (
+                    (s["title"], s["heading"], _marked(s["text"], quotes)) for s in artifact["snippets"])))
+        return format_html_join("", "{}", ((part,) for part in shown)) or "—"
 
     def has_add_permission(self, request):
         return False
@@ -157,3 +173,25 @@ class RunEventAdmin(TenantScopedAdmin):
     list_display = ["run", "seq", "type", "ts"]
     list_filter = ["tenant", "type"]
     readonly_fields = [f.name for f in RunEvent._meta.fields]
+
+
+def _sql_result(result: dict):
+    head = format_html_join("", "<th>{}</th>", ((c,) for c in result["columns"]))
+    body = format_html_join("", "<tr>{}</tr>", ((format_html_join("", "<td>{}</td>", ((v,) for v in row)),)
+                                               for row in result["rows"][:50]))
+    more = f"{result['row_count']} rows" + (", more not fetched" if result["truncated"] else "")
+    chart = charts.svg(result["chart"], result["columns"], result["rows"]) if result.get("chart") else ""
+    return format_html('<p><code>{}</code> ({}, {} ms)</p><table><tr>{}</tr>{}</table>{}', result["sql"], more,
+                       result["ms"], head, body, chart)
+
+
+def _marked(text: str, quotes: list[str]):
+    """The text, each cited quote in it marked (escaped as any text)."""
+    spans = sorted((text.find(q), text.find(q) + len(q)) for q in quotes if q and q in text)
+    parts, at = [], 0
+    for start, end in spans:
+        if start >= at:
+            parts.append(format_html("{}<mark>{}</mark>", text[at:start], text[start:end]))
+            at = end
+    parts.append(format_html("{}", text[at:]))
+    return format_html_join("", "{}", ((p,) for p in parts))

@@ -13,8 +13,10 @@ from accounts.models import Role
 from accounts.services import membership_set, totp_demo_device, totp_secret, user_ensure
 from accounts.totp import totp_code
 from approvals.models import ApprovalRequest, DeskSeq, HandoverTicket
+from approvals.management.commands.hil_seed import demo_data, demo_workflow
 from approvals.tests.test_approvals import GATE
 from workflows import services
+from tools.models import Document
 from workflows.models import Message
 from workflows.tests.conftest import daphne, start_worker, wait  # noqa: F401  (fixtures)
 from workflows.tests.specs import HANDS
@@ -39,11 +41,11 @@ def browser(monkeypatch):
 
 @pytest.fixture
 def console(daphne, browser, tenant):  # noqa: F811
-    """console(username) -> a page of a new browser context, signed in with password and TOTP code."""
+    """console(username, role=agent) -> a page of a new browser context, signed in with password and TOTP code."""
 
-    def sign_in(username):
+    def sign_in(username, role=Role.AGENT):
         user = user_ensure(username=username, password=PASSWORD)
-        membership_set(tenant=tenant, user=user, role=Role.AGENT)
+        membership_set(tenant=tenant, user=user, role=role)
         secret = totp_secret(totp_demo_device(user=user))
         page = browser.new_context(viewport={"width": 1360, "height": 820}).new_page()
         page.goto(f"{daphne.url}/console/")
@@ -173,3 +175,40 @@ def test_a_reconnecting_console_gets_every_event_it_missed_once(console, tenant,
     customer_says(tenant, HANDS, "and one more", "support-live")
     expect(alice.locator("#list .row")).to_have_count(4)
     assert alice.evaluate("window.seen") == [1, 2, 3, 4]
+
+
+def test_the_store_analyst_answers_in_the_console_with_tables_charts_and_cited_passages(console, tenant, start_worker,
+                                                                                       wait):  # noqa: F811
+    start_worker()
+    demo_workflow(tenant, "store_analyst", "Store analyst", actor=None)
+    demo_data(tenant, actor=None)
+    wait(lambda: not Document.objects.exclude(status="ready").exists(), what="the worker ingested the documents")
+    alice, olga = console("alice"), console("olga", Role.OPERATOR)
+
+    alice.keyboard.press("3")
+    expect(alice.locator("#list .row")).to_have_count(1)
+    alice.keyboard.press("Enter")
+    expect(alice.locator("#question")).to_be_focused()
+    alice.keyboard.type("What are our total sales per country?")
+    alice.keyboard.press("Control+Enter")
+    expect(alice.locator(".msg.ai p")).to_contain_text("| USA | 523.06 |")
+    expect(alice.locator("#results svg.chart rect")).to_have_count(24)  # a bar per country
+    expect(alice.locator("#results tbody tr")).to_have_count(24)
+    shot(alice, "sql-result")
+
+    alice.keyboard.type("What does your returns policy say about opened items?")
+    alice.keyboard.press("Control+Enter")
+    expect(alice.locator(".msg.ai")).to_have_count(2)
+    expect(alice.locator("#results mark")).to_contain_text("Opened items that are not faulty cannot be returned")
+    shot(alice, "cited-passages")
+
+    alice.keyboard.type("Delete the customers from Brazil")
+    alice.keyboard.press("Control+Enter")
+    olga.keyboard.press("2")
+    expect(olga.locator("#list .row")).to_have_count(1)
+    olga.keyboard.press("Enter")
+    expect(olga.locator(".preview")).to_contain_text("Would change 5 row(s)")
+    expect(olga.locator(".preview tbody tr")).to_have_count(5)
+    shot(olga, "sql-write-approval")
+    olga.keyboard.press("a")
+    expect(alice.locator(".msg.ai p").last).to_have_text("Done: 5 row(s) changed.")

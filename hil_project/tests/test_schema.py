@@ -2,9 +2,11 @@
 
 import json
 import re
+import shutil
 
 import pytest
 import schemathesis
+from django.conf import settings as django_settings
 from django.test import Client
 from hypothesis import HealthCheck, settings
 from rest_framework.test import APIClient
@@ -45,7 +47,7 @@ def test_the_schema_lists_every_api_path(openapi):
     assert openapi["openapi"].startswith("3.") and openapi["info"]["title"] == "HIL API"
     routed = {path_shape("/api/v1/" + str(p.pattern)) for p in urls.api}
     assert {path_shape(p) for p in openapi["paths"]} == routed
-    assert len(routed) == 38
+    assert len(routed) == 47
 
 
 def test_the_schema_is_served_as_yaml_by_default():
@@ -117,7 +119,26 @@ def _tool_configuration(tenant, workflow) -> dict:
             "tool-limits": ToolLimit(tenant=tenant, tool="refunds.issue", calls=5)}
     for obj in made.values():
         governed_save(obj=obj, actor=None)
-    return {kind: obj.pk for kind, obj in made.items()}
+    return {**{kind: obj.pk for kind, obj in made.items()}, **_data_configuration(tenant)}
+
+
+def _data_configuration(tenant) -> dict:
+    """A data source (a copy of the sample database), an example of it, a knowledge source and a document."""
+    from tools.datasources import data_source_save, sql_example_add
+    from tools.knowledge import document_upload, knowledge_source_create
+    from tools.models import DataSource
+
+    folder = DataSource(tenant=tenant).folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(django_settings.HIL_ORDERS_DB, folder / "chinook.sqlite")
+    source = data_source_save(source=DataSource(tenant=tenant, name="chinook", engine="sqlite",
+                                                location="chinook.sqlite"), actor=None)
+    example = sql_example_add(source=source, question="How many artists?", sql_text='SELECT COUNT(*) FROM "Artist"',
+                              origin="curated")
+    docs = knowledge_source_create(tenant=tenant, name="docs")
+    document, _ = document_upload(source=docs, title="faq.md", media_type="text/markdown", data=b"# FAQ\n\nYes.")
+    return {"data-sources": source.pk, "sql-examples": example.pk, "knowledge-sources": docs.pk,
+            "documents": document.pk}
 
 
 def load_schema():

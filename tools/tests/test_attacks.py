@@ -7,8 +7,7 @@ import pytest
 from django.conf import settings
 
 from agents import local_llm
-from agents.services import endpoint_save, profile_save
-from agents.tests.conftest import LLM_TEST_KEY, llm_server  # noqa: F401  (a fixture)
+from agents.tests.conftest import LLM_TEST_KEY
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from accounts.models import Role
@@ -32,15 +31,6 @@ edges:
 """
 DONE = local_llm.json_answer({"reasoning": "done", "answer": "Done.", "confidence": 0.9})
 UNSURE = local_llm.json_answer({"reasoning": "refused", "answer": "A colleague will help.", "confidence": 0.1})
-
-
-@pytest.fixture
-def model(tenant, llm_server):  # noqa: F811  (the fixture imported above)
-    secret_set(tenant=tenant, name="llm-key", value=LLM_TEST_KEY)
-    endpoint_save(tenant=tenant, name="local", base_url=llm_server.base_url, api_key_secret="llm-key", models=[
-        {"model": "hil-local-chat", "context_window": 16000, "input_price": "1", "output_price": "2"}])
-    profile_save(tenant=tenant, name="powerful", entries=[("local", "hil-local-chat")])
-    return llm_server
 
 
 def told(model) -> list[dict]:

@@ -151,3 +151,10 @@ def tool_calls(ctx: StepContext) -> dict:
 
     calls = ctx.config.get("calls") or json.loads(open(ctx.config["calls_file"]).read())
     return {"results": [tool_call(ctx, name, args) for name, args in calls]}
+
+
+@register("test_artifact")
+def artifact(ctx: StepContext) -> dict:
+    """Record the run artifact `config.artifact` (a SQL result, say), as a data agent does."""
+    ctx.emit("artifact", {"node": ctx.node_id, **ctx.config["artifact"]})
+    return {}

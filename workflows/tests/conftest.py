@@ -22,9 +22,9 @@ WORKER_ENV = {"HIL_DEBUG": "1", "HIL_AGENT_MODULES": "workflows.tests.agents", "
 
 def process_env() -> dict[str, str]:
     """The environment of a worker or server process the tests start: the test database, this session's
-    queue (set in os.environ by the root conftest), short leases."""
+    queue (set in os.environ by the root conftest), short leases, the test's data folder."""
     db_url = urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + connection.settings_dict["NAME"]).geturl()
-    return {**os.environ, "DATABASE_URL": db_url, **WORKER_ENV}
+    return {**os.environ, "DATABASE_URL": db_url, **WORKER_ENV, "HIL_DATA_DIR": settings.HIL_DATA_DIR}
 
 
 class Worker:

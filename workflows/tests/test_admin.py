@@ -1,8 +1,19 @@
+import json
 import re
 
 import pytest
 
+from tools.models import DataSource
 from workflows.models import WorkflowVersion
+
+# A run whose one step records a SQL result, as the sql agent does.
+ARTIFACT = """
+entry: a
+nodes:
+  - {id: a, agent: test_artifact, config: {artifact: RESULT}}
+edges:
+  - {from: a, to: FINISH}
+"""
 
 pytestmark = pytest.mark.django_db
 
@@ -50,6 +61,26 @@ def test_a_valid_version_added_in_the_admin_is_published_by_the_action(admin_cli
     "accounts/tenant", "accounts/membership", "accounts/apitoken", "workflows/workflow", "workflows/workflowversion",
     "workflows/conversation", "workflows/message", "workflows/run", "workflows/runevent", "tools/toolcall",
     "approvals/approvalrequest", "approvals/handoverticket", "approvals/cannedreply", "accounts/auditentry",
+    "tools/datasource", "tools/sqlexample", "tools/knowledgesource", "tools/document",
 ])
 def test_every_model_is_in_the_admin(admin_client, model):
     assert admin_client.get(f"/admin/{model}/").status_code == 200
+
+
+def test_a_run_page_shows_its_sql_result_as_a_table_and_a_chart(admin_client, tenant, converse, drive):
+    result = {"kind": "sql_result", "sql": "SELECT ...", "columns": ["Country", "Sales"],
+              "rows": [["USA", 523.06], ["<b>Canada</b>", 303.96]], "row_count": 2, "truncated": False, "ms": 1.2,
+              "chart": {"type": "bar", "x": 0, "y": 1}}
+    _, run = converse(tenant, ARTIFACT.replace("RESULT", json.dumps(result)))
+    drive(run)
+    page = admin_client.get(f"/admin/workflows/run/{run.id}/change/").content.decode()
+    assert "<td>USA</td><td>523.06</td>" in page and page.count('<rect x=') == 2
+    assert "&lt;b&gt;Canada&lt;/b&gt;" in page and "<b>Canada</b>" not in page  # data is escaped
+
+
+def test_a_data_source_that_does_not_open_is_not_saved_and_says_why(admin_client, tenant):
+    response = admin_client.post("/admin/tools/datasource/add/", {
+        "tenant": tenant.pk, "name": "shop", "engine": "sqlite", "location": "missing.sqlite", "row_cap": 200,
+        "timeout_ms": 5000, "column_tags": "{}"})
+    assert response.status_code == 200 and "missing.sqlite" in response.content.decode()
+    assert not DataSource.objects.exists()

@@ -8,7 +8,8 @@ from django.core.management import call_command
 
 from accounts.models import ApiToken, Tenant
 from approvals.models import ApprovalRequest, HandoverTicket
-from tools.models import ToolCall
+from tools import knowledge
+from tools.models import Document, ToolCall
 from workflows.models import Message, Run, Workflow
 
 pytestmark = pytest.mark.django_db
@@ -35,11 +36,12 @@ def demo(db, client_for):
 
 @pytest.fixture
 def say(demo, drive):
-    """say(text) -> the run of that message in a new customer_support conversation, driven until it stops."""
+    """say(text, workflow="customer_support") -> the run of that message in a new conversation, driven until it
+    stops."""
     api = demo["operator"]
 
-    def send(text: str) -> Run:
-        conversation = api.post("/api/v1/conversations/", {"workflow": "customer_support"}, format="json").json()
+    def send(text: str, workflow: str = "customer_support") -> Run:
+        conversation = api.post("/api/v1/conversations/", {"workflow": workflow}, format="json").json()
         posted = api.post(f"/api/v1/conversations/{conversation['id']}/messages/", {"text": text, "turn_id": "t1"},
                           format="json")
         assert posted.status_code == 202, posted.json()
@@ -145,3 +147,45 @@ def test_seeding_twice_changes_nothing_but_adds_tokens(client_for):
     assert client_for(first["alice"]).get("/api/v1/conversations/").status_code == 200
     assert client_for(second["operator"]).get("/api/v1/conversations/").status_code == 200
     assert client_for(second["alice"]).get("/api/v1/conversations/").status_code == 200
+
+
+@pytest.fixture
+def analyst(say):
+    """say() to the store_analyst, its documents ingested (by the worker, in `make run`)."""
+    for document in Document.objects.filter(status="queued"):
+        knowledge.document_ingest(document_id=document.id)
+    return lambda text: say(text, "store_analyst")
+
+
+@pytest.mark.parametrize("question, answer", [
+    ("How many customers do we have in Canada?", "Customers: 8"),
+    ("What is the average invoice total?", "Average invoice: 5.65"),
+    ("Which 5 artists have the most tracks?", "| Iron Maiden | 213 |"),
+])
+def test_the_store_analyst_answers_data_questions_with_sql(analyst, question, answer):
+    run = analyst(question)
+    assert run.sink == "FINISH", run.reason
+    assert answer in reply_of(run)
+    result = run.steps.get(node_id="ask_data").output
+    assert result["sql"].startswith("SELECT") and result["columns"] and result["truncated"] is False
+
+
+def test_the_store_analyst_answers_a_policy_question_citing_the_policy(analyst):
+    run = analyst("What does your returns policy say about opened items?")
+    assert run.sink == "FINISH", run.reason
+    assert "Opened items that are not faulty cannot be returned" in reply_of(run)
+    assert "Sources: returns-policy.md › Chinook Returns and Refunds Policy > Physical items > Opened items" \
+        in reply_of(run)
+
+
+def test_deleting_customers_waits_for_an_approval_showing_the_rows(demo, analyst, drive):
+    run = analyst("Delete the customers from Brazil")
+    assert run.status == "waiting"
+    approval = ApprovalRequest.objects.get(run=run)
+    rows = approval.preview["dry_run"]["rows"]
+    assert approval.preview["dry_run"]["rows_affected"] == 5 and len(rows) == 5
+    assert approval.approver_role == "operator"
+    assert demo["operator"].post(f"/api/v1/approvals/{approval.id}/decision/", {"decision": "approve"},
+                                 format="json").status_code == 200
+    run = drive(run)
+    assert run.sink == "FINISH" and reply_of(run) == "Done: 5 row(s) changed."

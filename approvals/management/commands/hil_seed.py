@@ -1,4 +1,7 @@
 import os
+import shutil
+
+import yaml
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -9,11 +12,14 @@ from accounts.services import api_token_create, membership_set, totp_demo_device
 from agents.models import ModelEndpoint
 from agents.services import MODEL_FIELDS, endpoint_save, profile_save
 from approvals.models import CannedReply
+from tools.datasources import data_source_save, sql_example_add
+from tools.knowledge import document_upload, knowledge_source_create
+from tools.models import DataSource, KnowledgeSource, SqlExample
 from tools.services import secret_set
 from workflows import services
 from workflows.models import Workflow
 
-DEMO_YAML = settings.BASE_DIR / "workflows" / "demo" / "customer_support.yaml"
+DEMO = settings.BASE_DIR / "workflows" / "demo"
 PASSWORD = os.environ.get("HIL_DEMO_PASSWORD", "hil-demo-password")
 
 
@@ -39,13 +45,9 @@ class Command(BaseCommand):
         for agent in (alice, bob):
             membership_set(tenant=tenant, user=agent, role=Role.AGENT)
 
-        workflow = Workflow.objects.filter(tenant=tenant, slug="customer_support").first()
-        workflow = workflow or services.workflow_create(tenant=tenant, slug="customer_support", name="Customer support")
-        spec_yaml = DEMO_YAML.read_text()
-        live = workflow.live_version
-        if live is None or live.spec_yaml != spec_yaml:
-            version = services.workflow_version_create(workflow=workflow, spec_yaml=spec_yaml, actor=operator)
-            services.workflow_version_publish(version=version, actor=operator)
+        for slug, name in (("customer_support", "Customer support"), ("store_analyst", "Store analyst")):
+            demo_workflow(tenant, slug, name, actor=operator)
+        demo_data(tenant, actor=operator)
 
         models = _demo_models(tenant, actor=operator)
         keys = {f"{user.username}_key": totp_secret(totp_demo_device(user=user)) for user in (operator, alice, bob)}
@@ -59,6 +61,39 @@ class Command(BaseCommand):
         self.stdout.write(TRY_IT.format(
             base=base_url, password=PASSWORD, token=api_token_create(tenant=tenant, user=operator, name="demo")[1],
             alice=api_token_create(tenant=tenant, user=alice, name="demo-alice")[1], **keys) + models)
+
+
+def demo_workflow(tenant: Tenant, slug: str, name: str, *, actor) -> None:
+    workflow = Workflow.objects.filter(tenant=tenant, slug=slug).first()
+    workflow = workflow or services.workflow_create(tenant=tenant, slug=slug, name=name)
+    spec_yaml = (DEMO / f"{slug}.yaml").read_text()
+    live = workflow.live_version
+    if live is None or live.spec_yaml != spec_yaml:
+        version = services.workflow_version_create(workflow=workflow, spec_yaml=spec_yaml, actor=actor)
+        services.workflow_version_publish(version=version, actor=actor)
+
+
+def demo_data(tenant: Tenant, *, actor) -> None:
+    """The store_analyst's sources: a copy of the Chinook database (the demo may delete from it, once approved),
+    with curated example questions, and the store's policy documents (ingested by the worker)."""
+    source = DataSource.objects.filter(tenant=tenant, name="chinook").first()
+    if source is None:
+        source = DataSource(tenant=tenant, name="chinook", engine=DataSource.Engine.SQLITE, location="chinook.sqlite",
+                            description="The Chinook digital music store: customers, invoices, tracks, artists.",
+                            column_tags={"Customer.Email": "pii", "Customer.Phone": "pii", "Customer.Fax": "hidden",
+                                         "Employee.BirthDate": "hidden"})
+        copy = source.folder() / "chinook.sqlite"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if not copy.exists():
+            shutil.copyfile(settings.HIL_ORDERS_DB, copy)
+        data_source_save(source=source, actor=actor)
+        for example in yaml.safe_load((DEMO / "store_analyst_examples.yaml").read_text()):
+            sql_example_add(source=source, question=example["question"], sql_text=example["sql"],
+                            origin=SqlExample.Origin.CURATED, actor=actor)
+    docs = KnowledgeSource.objects.filter(tenant=tenant, name="store-docs").first() or knowledge_source_create(
+        tenant=tenant, name="store-docs", description="The store's returns policy and FAQ.", actor=actor)
+    for path in sorted((DEMO / "knowledge").iterdir()):
+        document_upload(source=docs, title=path.name, media_type="text/markdown", data=path.read_bytes(), actor=actor)
 
 
 def _demo_models(tenant: Tenant, *, actor) -> str:
@@ -118,6 +153,19 @@ Try it (needs curl and python3):
   curl -s -X POST -H "Authorization: Bearer $ALICE" $HIL/handovers/$TICKET/claim/; echo
   curl -s -X POST -H "Authorization: Bearer $ALICE" -H 'Content-Type: application/json' $HIL/handovers/$TICKET/reply/ -d '{{"text":"Hi, Alice here. How can I help?"}}'; echo
   curl -s -X POST -H "Authorization: Bearer $ALICE" $HIL/handovers/$TICKET/return-to-ai/; echo
+
+  # 4. The store analyst answers from the store's data (SQL, read-only) and its documents (cited passages):
+  export DATA=$(api -X POST $HIL/conversations/ -d '{{"workflow":"store_analyst"}}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["id"])')
+  ask() {{ api -X POST $HIL/conversations/$DATA/messages/ -d "{{\"text\":\"$1\",\"turn_id\":\"$2\"}}" >/dev/null; for try in $(seq 60); do api $HIL/conversations/$DATA/messages/ | python3 -c 'import sys,json;m=json.load(sys.stdin)["results"][-1];print(m["text"]) if m["role"]=="ai" else sys.exit(1)' 2>/dev/null && break; sleep 0.5; done; }}
+  ask "How many customers do we have in Canada?" a1
+  ask "What are our total sales per country?" a2
+  ask "What was our revenue each year?" a3
+  ask "What does your returns policy say about opened items?" a4
+  # A delete waits for an operator's approval, which shows the SQL and the rows it would delete:
+  api -X POST $HIL/conversations/$DATA/messages/ -d '{{"text":"Delete the customers from Brazil","turn_id":"a5"}}'
+  for try in $(seq 20); do DELETE=$(api "$HIL/approvals/?status=pending" | python3 -c 'import sys,json;print([a["id"] for a in json.load(sys.stdin)["results"] if a["node_id"]=="ask_data"][0])' 2>/dev/null) && break; sleep 0.5; done
+  api $HIL/approvals/$DELETE/ | python3 -c 'import sys,json;d=json.load(sys.stdin)["preview"]["dry_run"];print(d["sql"],"->",d["rows_affected"],"rows:",[r[1]+" "+r[2] for r in d["rows"]])'
+  api -X POST $HIL/approvals/$DELETE/decision/ -d '{{"decision":"approve"}}'; sleep 1; api $HIL/conversations/$DATA/messages/ | python3 -c 'import sys,json;print(json.load(sys.stdin)["results"][-1]["text"])'
 
   # Every step, decision and outcome is an event (or watch them live: .../events/stream/):
   RUN=$(api $HIL/conversations/$CONV/messages/ | python3 -c 'import sys,json;print([m["run"] for m in json.load(sys.stdin)["results"] if m["run"]][-1])')

@@ -10,7 +10,7 @@ const state = {
   approvals: new Map(boot.approvals.map((a) => [a.id, a])),
   seq: boot.seq,            // the last desk event applied
   selected: null,           // the id under the cursor in the list
-  open: null,               // {kind: "ticket"|"approval", id}
+  open: null,               // {kind: "ticket"|"approval"|"ask", id, watched: {conversation, run}}
   runSeq: 0,                // the last run event shown in the open conversation's timeline
   messages: new Map(),      // the open conversation's messages by id
   presence: {},             // socket -> {user, ticket, typing}: everyone online
@@ -80,9 +80,77 @@ function json(value) {
   return JSON.stringify(value, null, 2);
 }
 
+// ---------- results: SQL results as a table and a chart, passages with what the reply cited marked ----------
+
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) el.setAttribute(key, value);
+  for (const child of children) el.append(child instanceof Node ? child : String(child));
+  return el;
+}
+
+function resultTable(result, max = 50) {
+  return h("div", {class: "result"},
+    h("table", {}, h("thead", {}, h("tr", {}, result.columns.map((c) => h("th", {}, c)))),
+      h("tbody", {}, result.rows.slice(0, max).map((row) => h("tr", {}, row.map((v) => h("td", {}, v ?? "")))))),
+    result.rows.length > max ? h("p", {class: "hint"}, `First ${max} of ${result.rows.length} rows.`) : null);
+}
+
+// The chart the server chose for a result (core/charts.py draws the same for the admin): bars or a line.
+function resultChart(spec, columns, rows, width = 520, height = 220) {
+  const labels = rows.map((r) => String(r[spec.x])), values = rows.map((r) => Number(r[spec.y]) || 0);
+  const top = Math.max(...values, 0) || 1, left = 48, base = height - 30, step = (width - 58) / values.length;
+  const y = (v) => base - (base - 10) * Math.max(v, 0) / top, x = (i) => left + (i + 0.5) * step;
+  const marks = spec.type === "bar"
+    ? values.map((v, i) => svg("rect", {x: left + (i + 0.1) * step, y: y(v), width: step * 0.8, height: base - y(v)},
+      svg("title", {}, `${labels[i]}: ${v}`)))
+    : [svg("polyline", {points: values.map((v, i) => `${x(i)},${y(v)}`).join(" ")})];
+  const every = Math.max(1, Math.floor(labels.length / 8));
+  return svg("svg", {class: `chart ${spec.type}`, role: "img", viewBox: `0 0 ${width} ${height}`, width, height},
+    svg("title", {}, `${columns[spec.y]} by ${columns[spec.x]}`),
+    svg("text", {x: left - 4, y: 16, "text-anchor": "end"}, top.toLocaleString()),
+    svg("line", {x1: left, y1: base, x2: width - 10, y2: base}), ...marks,
+    ...labels.filter((_, i) => i % every === 0).map((label, i) => svg("text",
+      {x: x(i * every), y: base + 16, "text-anchor": "middle"}, label.slice(0, 12))));
+}
+
+// A passage, each cited quote in it marked.
+function marked(text, quotes) {
+  const spans = quotes.filter((q) => q && text.includes(q)).map((q) => [text.indexOf(q), text.indexOf(q) + q.length])
+    .sort((a, b) => a[0] - b[0]);
+  const parts = [];
+  let at = 0;
+  for (const [start, end] of spans) {
+    if (start < at) continue;
+    parts.push(text.slice(at, start), h("mark", {}, text.slice(start, end)));
+    at = end;
+  }
+  parts.push(text.slice(at));
+  return parts;
+}
+
+function renderArtifact(data) {
+  const results = $("#results");
+  if (!results) return;
+  if (data.kind === "sql_result") {
+    results.append(h("figure", {class: "sql"}, h("figcaption", {}, h("code", {}, data.sql),
+      ` · ${data.row_count} row(s)${data.truncated ? ", more not fetched" : ""} · ${data.ms} ms`),
+    data.chart ? resultChart(data.chart, data.columns, data.rows) : null, resultTable(data)));
+  } else if (data.kind === "snippets") {
+    results.append(h("ol", {class: "snippets"}, data.snippets.map((s) => h("li", {"data-chunk": s.chunk},
+      h("b", {}, `${s.title}${s.heading ? " › " + s.heading : ""}`), h("p", {}, s.text)))));
+  } else if (data.kind === "citations") {
+    for (const li of results.querySelectorAll(".snippets li")) {
+      const quotes = data.citations.filter((c) => String(c.chunk) === li.dataset.chunk).map((c) => c.quote);
+      if (quotes.length) li.querySelector("p").replaceChildren(...marked(li.querySelector("p").textContent, quotes));
+    }
+  }
+}
+
 // ---------- the list: queue and approvals ----------
 
 function visibleItems() {
+  if (state.tab === "ask") return boot.workflows;
   if (state.tab === "approvals") {
     return [...state.approvals.values()].filter(mayDecide).sort((a, b) => a.created_at.localeCompare(b.created_at));
   }
@@ -108,9 +176,11 @@ function renderList() {
   const items = visibleItems();
   if (!items.some((item) => item.id === state.selected)) state.selected = items.length ? items[0].id : null;
   $("#filters").hidden = state.tab !== "queue";
-  $("#list").replaceChildren(...items.map((item) => state.tab === "queue" ? ticketRow(item) : approvalRow(item)));
+  const row = {queue: ticketRow, approvals: approvalRow, ask: workflowRow}[state.tab];
+  $("#list").replaceChildren(...items.map(row));
   if (!items.length) {
-    $("#list").append(h("li", {class: "empty"}, state.tab === "queue" ? "No one is waiting." : "Nothing to decide."));
+    $("#list").append(h("li", {class: "empty"}, {queue: "No one is waiting.", approvals: "Nothing to decide.",
+      ask: "No workflow is live."}[state.tab]));
   }
 }
 
@@ -138,6 +208,13 @@ function approvalRow(a) {
   h("div", {class: "row-top"}, h("span", {class: "workflow"}, a.node),
     h("span", {class: "sla", "data-since": a.created_at}, since(a.created_at))),
   h("div", {class: "reason"}, a.title, a.quorum > 1 ? h("span", {class: "quorum"}, ` · ${quorum(a)}`) : null));
+}
+
+function workflowRow(w) {
+  return h("li", {
+    class: `row ${w.id === state.selected ? "selected" : ""} ${state.open && state.open.id === w.id ? "opened" : ""}`,
+    "data-id": w.id, onclick: () => { state.selected = w.id; openSelected(); },
+  }, h("div", {class: "row-top"}, h("span", {class: "workflow"}, w.id)), h("div", {class: "reason"}, w.name));
 }
 
 // Whether the inbox lists it: what the member's role may decide (a viewer, who decides nothing, sees it all).
@@ -171,8 +248,7 @@ function switchTab(tab) {
 
 function openSelected() {
   if (!state.selected) return;
-  if (state.tab === "queue") openTicket(state.selected);
-  else openApproval(state.selected);
+  ({queue: openTicket, approvals: openApproval, ask: openAsk})[state.tab](state.selected);
   renderList();
 }
 
@@ -181,7 +257,7 @@ function openSelected() {
 async function openTicket(id) {
   const ticket = await act("Opening the ticket", () => api("GET", `handovers/${id}/`));
   if (!ticket) return;
-  state.open = {kind: "ticket", id, ticket};
+  state.open = {kind: "ticket", id, ticket, watched: {conversation: ticket.conversation, run: ticket.run}};
   state.messages = new Map();
   state.runSeq = 0;
   const cf = ticket.case_file || {};
@@ -219,6 +295,8 @@ async function openTicket(id) {
         h("dt", {}, "Facts"), h("dd", {}, h("pre", {}, json(cf.facts || {}))),
         h("dt", {}, "Tool calls"), h("dd", {}, (cf.tool_calls || []).length
           ? h("ul", {}, cf.tool_calls.map((c) => h("li", {}, `${c.tool} (${c.status})`, h("pre", {}, json(c.args))))) : "none")),
+      h("h3", {}, "Results"),
+      h("div", {id: "results", class: "results"}),
       h("h3", {}, "Timeline"),
       h("ol", {id: "timeline", class: "timeline"})));
   renderHolder();
@@ -259,6 +337,7 @@ function renderRunEvent(event) {
   timeline.append(h("li", {"data-seq": event.seq},
     h("span", {class: "seq"}, event.seq), h("span", {class: "type"}, event.type),
     h("span", {class: "data"}, typeof detail === "string" ? detail : "")));
+  if (event.type === "artifact") renderArtifact(event.data);
 }
 
 async function claim() {
@@ -316,6 +395,44 @@ function renderTyping() {
   el.textContent = others.length ? `${others.join(", ")} ${others.length > 1 ? "are" : "is"} typing…` : "";
 }
 
+// ---------- asking a workflow, as a customer would ----------
+
+function openAsk(slug) {
+  state.open = {kind: "ask", id: slug, conversation: null, watched: null};
+  state.messages = new Map();
+  $("#detail").replaceChildren(
+    h("section", {class: "conversation"},
+      h("div", {class: "actions"}, h("h2", {}, `Ask ${slug}`)),
+      h("ol", {id: "transcript", class: "transcript"}),
+      h("form", {class: "reply", onsubmit: (e) => { e.preventDefault(); ask(); }},
+        h("textarea", {id: "question", rows: 2, "aria-label": "Question",
+          placeholder: "Ask as a customer would (Ctrl+Enter to send)"}),
+        h("div", {class: "reply-bar"}, h("button", {type: "submit", disabled: !boot.may_act}, "Ask")))),
+    h("aside", {class: "casefile"},
+      h("h3", {}, "Results"), h("div", {id: "results", class: "results"}),
+      h("h3", {}, "Timeline"), h("ol", {id: "timeline", class: "timeline"})));
+  $("#question").focus();
+}
+
+async function ask() {
+  const open = state.open, text = $("#question").value.trim();
+  if (!text || !open || open.kind !== "ask") return;
+  if (!open.conversation) {
+    const started = await act("Ask", () => api("POST", "conversations/", {workflow: open.id}));
+    if (!started) return;
+    open.conversation = started.id;
+  }
+  const turn = `console-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  const posted = await act("Ask", () => api("POST", `conversations/${open.conversation}/messages/`, {text, turn_id: turn}));
+  if (!posted || state.open !== open) return;
+  $("#question").value = "";
+  open.watched = {conversation: open.conversation, run: posted.run.id};  // each turn is a run of its own
+  state.runSeq = 0;
+  $("#results").replaceChildren();
+  $("#timeline").replaceChildren();
+  watch();
+}
+
 // ---------- an approval ----------
 
 function openApproval(id) {
@@ -331,7 +448,7 @@ function openApproval(id) {
     a.quorum > 1 ? h("p", {id: "quorum", class: "quorum"}, quorum(a)) : null,
     h("div", {id: "decided", class: "decided", hidden: true}),
     h("h3", {}, "What will happen"),
-    a.preview ? h("pre", {class: "preview"}, json(a.preview)) : null,
+    a.preview ? preview(a.preview) : null,
     h("pre", {class: "payload"}, json(a.payload)),
     a.quorum > 1 ? null : h("h3", {}, "Edit before approving"),
     a.quorum > 1 ? null : form,  // several approvers approve the same arguments: no edits
@@ -343,6 +460,15 @@ function openApproval(id) {
       h("button", {"data-action": "reject", class: "danger", title: "x", disabled: !boot.may_act}, "Reject"))));
   form.addEventListener("input", renderDiff);
   if (a.quorum <= 1) renderDiff();
+}
+
+// What a call would do: a SQL dry run's rows as a table, anything else as JSON.
+function preview(p) {
+  const dry = p.dry_run;
+  if (!dry || !Array.isArray(dry.columns)) return h("pre", {class: "preview"}, json(p));
+  return h("div", {class: "preview"},
+    h("p", {}, h("b", {}, `Would change ${dry.rows_affected} row(s)`), ` (dry run, rolled back, ${dry.ms} ms):`),
+    h("pre", {}, dry.sql), dry.columns.length ? resultTable(dry) : null);
 }
 
 // A form for an object schema's fields (string, number, integer, boolean, enum); anything else as JSON.
@@ -469,8 +595,12 @@ function send(message) {
 }
 
 function watch() {
-  const ticket = state.open.ticket;
-  send({watch: {conversation: ticket.conversation, run: ticket.run, after: state.runSeq}});
+  const watched = state.open.watched;
+  send({watch: {conversation: watched.conversation, run: watched.run, after: state.runSeq}});
+}
+
+function watching(what, id) {
+  return Boolean(state.open && state.open.watched && state.open.watched[what] === id);
 }
 
 function presence(value) {
@@ -479,8 +609,8 @@ function presence(value) {
 
 function receive(message) {
   if (message.kind === "desk") applyDesk(message);
-  else if (message.kind === "run" && state.open && state.open.ticket && message.run === state.open.ticket.run) renderRunEvent(message);
-  else if (message.kind === "messages" && state.open && state.open.ticket && message.conversation === state.open.ticket.conversation) renderMessages(message.messages);
+  else if (message.kind === "run" && watching("run", message.run)) renderRunEvent(message);
+  else if (message.kind === "messages" && watching("conversation", message.conversation)) renderMessages(message.messages);
   else if (message.kind === "presence") {
     state.presence = message.all;
     renderPresence();
@@ -523,7 +653,7 @@ function toggleHelp(show) {
 
 const keys = {
   j: () => move(1), ArrowDown: () => move(1), k: () => move(-1), ArrowUp: () => move(-1),
-  Enter: openSelected, 1: () => switchTab("queue"), 2: () => switchTab("approvals"),
+  Enter: openSelected, 1: () => switchTab("queue"), 2: () => switchTab("approvals"), 3: () => switchTab("ask"),
   c: claim, t: returnToAi, a: () => decide("approve"), e: () => decide("edit"), x: () => decide("reject"),
   r: () => { const reply = $("#reply"); if (reply && !reply.disabled) reply.focus(); },
   n: () => { const note = $("#note"); if (note) note.focus(); },
@@ -540,6 +670,7 @@ document.addEventListener("keydown", (event) => {
       event.preventDefault();
       if (field.id === "reply") sendReply();
       else if (field.id === "note") addNote();
+      else if (field.id === "question") ask();
     }
     return;
   }
