@@ -477,8 +477,8 @@ def search_settings(*, tenant_id: int, sources: list[int] | None, k: int) -> tup
     iterative = pgvector_version() >= (0, 8)
     # With iterative scans the scan goes on until it has found enough rows of the scope (relaxed order: nearly
     # sorted, and `semantic` sorts the candidates again).
-    return SETTINGS.format(scope=scope_sql(sources), iterative=", set_config('hnsw.iterative_scan', 'relaxed_order', "
-                                                                "true)" if iterative else ""), {
+    iterative_scan = ", set_config('hnsw.iterative_scan', 'relaxed_order', true)" if iterative else ""
+    return SETTINGS.format(scope=scope_sql(sources), iterative=iterative_scan), {
         "tenant": tenant_id, "sources": list(sources or []), "ef_search": EF_SEARCH,
         "headroom": 0 if iterative else EF_HEADROOM, "candidates": max(CANDIDATES, k)}
 
