@@ -214,26 +214,31 @@ def tool_call_decide(*, run, key: str, decision: dict, approval) -> None:
         run_id=run.id, idempotency_key=key, status=ToolCall.Status.AWAITING).first()
     if record is None:
         return
-    approved = decision["decision"] == "approve"
     args = decision["payload"] if decision["decision"] == "edit" else record.args
-    if decision["decision"] == "edit":
-        contract = _edit_check(run, record.tool, args, approval)
-        # Made as edited, unless the tool's approval rests on a dry run: then the agent proposes the edit again.
-        approved = not contract.reapprove_edits
+    if decision["decision"] == "edit" and approval.policy:
+        _edit_check(run, record.tool, args, approval)
+    # Made as edited, unless the tool's approval rests on a dry run: then the agent proposes the edit again.
+    approved = decision["decision"] == "approve" or decision["decision"] == "edit" and not _reapproves(
+        run.tenant_id, record.tool)
     ToolCall.objects.filter(pk=record.pk).update(
         status=ToolCall.Status.PENDING if approved else ToolCall.Status.REJECTED, updated_at=timezone.now(),
         decision={**decision, "args_hash": args_hash(record.tool, args)})
 
 
-def _edit_check(run, tool: str, args: dict, approval) -> Contract:
+def _reapproves(tenant_id: int, tool: str) -> bool:
+    try:
+        return contract_of(tenant_id, tool).reapprove_edits
+    except _Refused:
+        return False
+
+
+def _edit_check(run, tool: str, args: dict, approval) -> None:
     try:
         contract = contract_of(run.tenant_id, tool)
     except _Refused as e:
         raise ServiceError(f"the edit cannot be checked: {e.reason}") from None
     if error := schema_error(contract.input_schema, args):
         raise ServiceError(f"edited arguments: {error}")
-    if not approval.policy:
-        return contract
     workflow = run.workflow_version.workflow
     need = requirement(tenant_id=run.tenant_id, contract=contract, args=args, workflow_id=workflow.id,
                        stage=lambda: workflow.stage)
@@ -242,7 +247,6 @@ def _edit_check(run, tool: str, args: dict, approval) -> Contract:
         asks = "a deny" if need.require == "deny" else f"{need.quorum} approver(s) of role {need.approver_role}"
         raise ServiceError(f"policy '{need.policy}' asks {asks} for the edited arguments, more than this approval "
                            "gives: reject it instead")
-    return contract
 
 
 # --- admission: rate limits, quotas and cost, checked when the call is about to be made -------------------
