@@ -156,7 +156,7 @@ Try it (needs curl and python3):
 
   # 4. The store analyst answers from the store's data (SQL, read-only) and its documents (cited passages):
   export DATA=$(api -X POST $HIL/conversations/ -d '{{"workflow":"store_analyst"}}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["id"])')
-  ask() {{ api -X POST $HIL/conversations/$DATA/messages/ -d "{{\"text\":\"$1\",\"turn_id\":\"$2\"}}" >/dev/null; for try in $(seq 60); do api $HIL/conversations/$DATA/messages/ | python3 -c 'import sys,json;m=json.load(sys.stdin)["results"][-1];print(m["text"]) if m["role"]=="ai" else sys.exit(1)' 2>/dev/null && break; sleep 0.5; done; }}
+  ask() {{ api -X POST $HIL/conversations/$DATA/messages/ -d "$(python3 -c 'import json,sys;print(json.dumps({{"text":sys.argv[1],"turn_id":sys.argv[2]}}))' "$1" "$2")" >/dev/null; for try in $(seq 60); do api $HIL/conversations/$DATA/messages/ | python3 -c 'import sys,json;m=json.load(sys.stdin)["results"][-1];print(m["text"]) if m["role"]=="ai" else sys.exit(1)' 2>/dev/null && break; sleep 0.5; done; }}
   ask "How many customers do we have in Canada?" a1
   ask "What are our total sales per country?" a2
   ask "What was our revenue each year?" a3
