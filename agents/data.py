@@ -3,7 +3,7 @@
 import json
 from decimal import Decimal
 
-from core import charts
+from core import charts, embeddings
 from core.errors import ServiceError
 from core.expressions import evaluate
 from tools import datasources, knowledge, sql
@@ -42,7 +42,8 @@ def sql_agent(ctx: StepContext) -> AgentResult:
         source = datasources.data_source_of(ctx.tenant_id, ctx.config["source"])
     except ServiceError as e:
         raise StepFailure(str(e)) from None
-    examples = datasources.sql_examples_like(source, question, n=ctx.config.get("examples", 3))
+    asked = embeddings.embed([question])[0]
+    examples = datasources.sql_examples_like(source, asked, n=ctx.config.get("examples", 3))
 
     def offline() -> dict:
         if examples and examples[0]["similarity"] >= OFFLINE_SIMILARITY:
@@ -52,7 +53,7 @@ def sql_agent(ctx: StepContext) -> AgentResult:
     messages = [{"role": "system", "content": prompt(
         "sql", engine=source.get_engine_display(), dialect=sql.DIALECT[source.engine], row_cap=source.row_cap,
         description=source.description, schema=datasources.schema_prompt(
-            source, question, max_tables=ctx.config.get("max_tables", 8)),
+            source, asked, max_tables=ctx.config.get("max_tables", 8)),
         examples="\n".join(f"Q: {e['question']}\nSQL: {e['sql']}" for e in examples) or "(none yet)")},
                 {"role": "user", "content": question}]
     cost, problem = Decimal(0), ""

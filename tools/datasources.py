@@ -2,11 +2,9 @@
 statement), described to the model by the part of their schema a question needs, with the question/SQL pairs
 that humans approved as examples."""
 
-import sqlglot
 from django.db import connection
 from django.utils import timezone
 from pgvector import Vector
-from sqlglot import exp
 
 from accounts.models import Tenant
 from core import embeddings
@@ -72,13 +70,12 @@ def _table_text(table: dict) -> str:
     return f"{table['name']}: " + ", ".join(column["name"] for column in table["columns"])
 
 
-def schema_prompt(source: DataSource, question: str, *, max_tables: int = 8) -> str:
+def schema_prompt(source: DataSource, asked: list[float], *, max_tables: int = 8) -> str:
     """The schema as the model sees it: every table when there are few, else the `max_tables` nearest in meaning
-    to the question and the tables their foreign keys name. Hidden columns are left out, and the examples of
-    columns tagged PII."""
+    to the question (`asked`, its embedding) and the tables their foreign keys name. Hidden columns are left out,
+    and the examples of columns tagged PII."""
     tables = source.schema.get("tables", [])
     if len(tables) > max_tables:
-        asked = embeddings.embed([question])[0]
         nearest = sorted(tables, key=lambda t: -sum(a * b for a, b in zip(asked, t["embedding"])))[:max_tables]
         named = {column["fk"].split(".")[0] for table in nearest for column in table["columns"] if column.get("fk")}
         tables = [t for t in tables if t in nearest or t["name"] in named]
@@ -128,28 +125,18 @@ def sql_check(source: DataSource, sql_text: str) -> sql.Guarded:
             guarded = sql.guard(sql_text, **guard, write=True)
         except sql.SqlRefused as e:
             raise ServiceError(f"sql: {e.reason}") from None
-    if source.engine == DataSource.Engine.SQLITE and (unknown := _unknown_columns(source, sql_text)):
-        raise ServiceError(f"no such column: {', '.join(unknown)}")
+    if source.engine == DataSource.Engine.SQLITE and (unknown := sql.unknown_columns(sql_text, known={
+            column["name"] for table in source.schema.get("tables", []) for column in table["columns"]})):
+        raise ServiceError(f"no such column: {', '.join(unknown)}")  # before a write is proposed with it
     return guarded
 
 
-def _unknown_columns(source: DataSource, sql_text: str) -> list[str]:
-    """Quoted column names that no table of the source has, nor the statement defines. SQLite reads such a name as
-    a string ("Nation" = 'Canada' is false, not an error): the model is told instead, as another engine would."""
-    tree = sqlglot.parse_one(sql_text, read="sqlite")
-    known = {column["name"].lower() for table in source.schema.get("tables", []) for column in table["columns"]}
-    known |= {alias.alias.lower() for alias in tree.find_all(exp.Alias, exp.TableAlias)}
-    known |= {column.name.lower() for alias in tree.find_all(exp.TableAlias) for column in alias.columns}
-    return list(dict.fromkeys(column.name for column in tree.find_all(exp.Column)
-                              if column.this.args.get("quoted") and column.name.lower() not in known))
-
-
-def sql_examples_like(source: DataSource, question: str, *, n: int = 3) -> list[dict]:
-    """The `n` approved examples of the source whose questions are nearest in meaning to `question`, with their
-    cosine similarity to it."""
+def sql_examples_like(source: DataSource, asked: list[float], *, n: int = 3) -> list[dict]:
+    """The `n` approved examples of the source whose questions are nearest in meaning to the question (`asked`, its
+    embedding), with their cosine similarity to it."""
     if n <= 0:
         return []
-    asked = Vector(embeddings.embed([question])[0]).to_text()
+    asked = Vector(asked).to_text()
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT question, sql, 1 - (embedding <=> %s::vector) FROM {SqlExample._meta.db_table}"
                        " WHERE tenant_id = %s AND source_id = %s ORDER BY embedding <=> %s::vector LIMIT %s",

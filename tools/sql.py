@@ -507,6 +507,18 @@ def _count_and_sample(cursor, columns, sample, engine) -> tuple[int | None, list
     return count, rows
 
 
+def unknown_columns(sql: str, known: set[str]) -> list[str]:
+    """Quoted column names of a SQLite statement that are not `known` (the database's columns) nor defined by the
+    statement. SQLite reads such a name as a string ("Nation" = 'Canada' is false, not an error): it is told as the
+    error it would be without that quirk."""
+    tree = sqlglot.parse_one(sql, read="sqlite")
+    known = {name.lower() for name in known}
+    known |= {alias.alias.lower() for alias in tree.find_all(exp.Alias, exp.TableAlias)}
+    known |= {column.name.lower() for alias in tree.find_all(exp.TableAlias) for column in alias.columns}
+    return list(dict.fromkeys(column.name for column in tree.find_all(exp.Column)
+                              if column.this.args.get("quoted") and column.name.lower() not in known))
+
+
 def _is_hidden_name(column: str, tables, hidden) -> bool:
     names = {t.lower().rpartition(".")[2] for t in tables} | {t.lower() for t in tables}
     return any(f"{t}.{column.lower()}" in hidden for t in names)
@@ -605,6 +617,8 @@ class _Session:
         if self.engine == "postgres":
             # Prepared on the server, which refuses a second command in it (the simple protocol would run it).
             return self.conn.cursor().execute(sql, prepare=True)
+        if self.engine == "sqlite" and '"' in sql and (unknown := unknown_columns(sql, self._sqlite_columns())):
+            raise sqlite3.OperationalError(f"no such column: {', '.join(unknown)}")
         return self.conn.execute(sql)
 
     def end(self, *, commit: bool) -> None:
@@ -681,6 +695,14 @@ class _Session:
             raise SourceError(f"could not open the SQLite file {path}: {reason}") from None
         conn.set_authorizer(self._sqlite_authorizer)
         return conn
+
+    def _sqlite_columns(self) -> set[str]:
+        self.conn.set_authorizer(None)  # our own read of the schema, not the statement's
+        try:
+            return {name for (name,) in self.conn.execute(
+                "SELECT p.name FROM sqlite_schema m, pragma_table_info(m.name) p WHERE m.type IN ('table', 'view')")}
+        finally:
+            self.conn.set_authorizer(self._sqlite_authorizer)
 
     def _sqlite_authorizer(self, action, arg1, arg2, db_name, trigger):
         if action == sqlite3.SQLITE_READ:

@@ -7,6 +7,7 @@ import pytest
 from django.conf import settings
 
 from accounts.models import Role
+from core import embeddings
 from tools.datasources import schema_prompt
 from tools.models import DataSource, Document, SqlExample
 from tools.services import secret_set
@@ -31,7 +32,7 @@ def test_a_sqlite_source_is_saved_with_its_schema_and_hidden_columns_stay_out_of
     assert len(tables) == 11 and tables["Customer"]["row_count"] == 59
     assert "embedding" not in tables["Customer"]
     source = DataSource.objects.get(pk=created.json()["id"])
-    prompt = schema_prompt(source, "customers")
+    prompt = schema_prompt(source, embeddings.embed(["customers"])[0])
     assert '"BirthDate"' not in prompt and '"HireDate"' in prompt
     customer = prompt.split('"Customer" (')[1].split("\n\"")[0]
     assert '"Email"' in customer and "@" not in customer  # a PII column is named, its examples are not shown

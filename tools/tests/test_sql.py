@@ -776,6 +776,18 @@ def test_a_guarded_statement_failing_in_the_database_says_why(sources):
         assert "no_such_column" in str(failed.value) and sql.ENGINE_NAME[engine] in str(failed.value)
 
 
+def test_a_quoted_unknown_column_is_an_error_on_every_engine(sources):
+    """SQLite would read "Nation" as the string 'Nation' and answer 0 rows; every engine says it has no such column,
+    the names a statement defines itself (aliases, a CTE's columns) being known."""
+    for engine, target in sources.items():
+        with pytest.raises(SourceError) as failed:
+            sql.query(target, 'SELECT COUNT(*) FROM "Customer" WHERE "Nation" = \'Canada\'')
+        assert "Nation" in str(failed.value) and sql.ENGINE_NAME[engine] in str(failed.value), engine
+        defined = sql.query(target, 'WITH c("Land") AS (SELECT "Country" FROM "Customer") '
+                                    'SELECT "Land" AS "Where", COUNT(*) AS "N" FROM c GROUP BY "Where" ORDER BY "N" DESC')
+        assert defined["rows"][0] == ["USA", 13], engine
+
+
 @pytest.mark.parametrize("engine", sql.ENGINES)
 def test_a_long_query_is_stopped_at_the_timeout(sources, engine):
     base = sources[engine]
