@@ -185,10 +185,9 @@ class DataSourceForm(forms.ModelForm):
         super()._post_clean()
         if not self.errors:  # the connection is tried, and the schema read, before anything is saved
             try:
-                self.instance.schema = data_source_schema(self.instance)
+                self.instance.schema, self.instance.schema_at = data_source_schema(self.instance), timezone.now()
             except ServiceError as e:
                 self.add_error(None, str(e))
-            self.instance.schema_at = timezone.now()
 
 
 @admin.register(DataSource)

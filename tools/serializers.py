@@ -48,7 +48,10 @@ class GovernedSerializer(serializers.ModelSerializer):
     def save_governed(self, obj, validated_data):
         for name, value in validated_data.items():
             setattr(obj, name, value)
-        governed_save(obj=obj, actor=self.context["request"].user)
+        return self.persist(obj, actor=self.context["request"].user)
+
+    def persist(self, obj, actor):
+        governed_save(obj=obj, actor=actor)
         return obj
 
 
@@ -112,10 +115,8 @@ class DataSourceSerializer(GovernedSerializer):
                   "column_tags", "schema", "schema_at", "updated_at"]
         read_only_fields = ["schema", "schema_at"]
 
-    def save_governed(self, obj, validated_data):
-        for name, value in validated_data.items():
-            setattr(obj, name, value)
-        return data_source_save(source=obj, actor=self.context["request"].user)
+    def persist(self, obj, actor):
+        return data_source_save(source=obj, actor=actor)
 
     def to_representation(self, instance):
         shown = super().to_representation(instance)
