@@ -74,7 +74,7 @@ def _sql_preview(args: dict, *, tenant_id: int) -> dict:
 
 
 @builtin("sql.write", input_schema=SQL, risk=Risk.DESTRUCTIVE, preview=_sql_preview, tenant=True,
-         reapprove_edits=True)
+         reapprove_edits=True, repeatable=False)  # a customer's database knows nothing of our keys
 def sql_write(args: dict, key: str, *, tenant_id: int) -> dict:
     """Change one of the tenant's data sources with one DML or DDL statement, after an approval that saw its dry
     run (the rows it would change); an edited statement is dry-run and approved again. A statement the database

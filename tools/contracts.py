@@ -32,6 +32,8 @@ class Contract:
     tenant: bool = False  # run and preview take the caller's tenant_id= (a built-in over the tenant's own data)
     reapprove_edits: bool = False  # an edit is proposed again, previewed and approved anew (a dry run's verdict
     # holds only for the arguments it ran)
+    repeatable: bool = True  # what it acts on treats a repeated idempotency key as the same request; if not, a call
+    # whose worker died before its outcome was recorded is not made again (tools.services.tool_call_once)
 
 
 _builtins: dict[str, Contract] = {}
@@ -41,7 +43,7 @@ _loading = threading.Lock()
 
 def builtin(name: str, *, input_schema: dict, risk: str, output_schema: dict | None = None, cost_usd="0",
             preview: Callable[[dict], dict] | None = None, kind: str = "builtin", tenant: bool = False,
-            reapprove_edits: bool = False):
+            reapprove_edits: bool = False, repeatable: bool = True):
     """Declare a tool in code: `fn(args, key) -> dict` acts once per idempotency key `key`. `preview(args)`, for a
     tool that changes things, tells an approver what the call would change without changing it. With `tenant`,
     both also take the calling tenant's `tenant_id=`."""
@@ -59,7 +61,7 @@ def builtin(name: str, *, input_schema: dict, risk: str, output_schema: dict | N
         _builtins[name] = Contract(name=name, kind=kind, risk=risk, input_schema=input_schema,
                                    output_schema=output_schema, cost_usd=Decimal(str(cost_usd)), run=fn,
                                    description=(fn.__doc__ or "").strip().split("\n")[0], preview=preview,
-                                   tenant=tenant, reapprove_edits=reapprove_edits)
+                                   tenant=tenant, reapprove_edits=reapprove_edits, repeatable=repeatable)
         return fn
 
     return decorate

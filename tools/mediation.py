@@ -65,16 +65,17 @@ def tool_call(ctx, name: str, args) -> dict:
         admission = _Admission(ctx, contract)
         result = tool_call_once(ctx=ctx, tool=name, args=args, call=admission.call, admit=admission.admit,
                                 approval=need.approval(contract, args) if need.require == "approval" else None,
-                                effect=contract.risk != Risk.READ)
+                                effect=contract.risk != Risk.READ, repeatable=contract.repeatable)
     except _Refused as refusal:
         return _refused(ctx, name, args, refusal, started)
     except ToolCallConflict as e:
         return _refused(ctx, name, args, _Refused("changed_arguments", str(e)), started)
     except ToolFailed as e:  # retried by the step; its message goes to the step's error and the logs
         raise ToolFailed(pii_redact(ctx, str(e))) from None
-    if result.get("refused") is True and set(result) <= {"refused", "reason", "edited"}:
-        # A human said no, nobody decided in time, or a human's edit is to be proposed again.
-        code = "edited" if "edited" in result else "expired" if result["reason"].startswith("expired") else "rejected"
+    if result.get("refused") is True and set(result) <= {"refused", "reason", "edited", "code"}:
+        # A human said no, nobody decided in time, a human's edit is to be proposed again, or the ledger's own.
+        code = result.get("code") or ("edited" if "edited" in result else "expired"
+                                      if result["reason"].startswith("expired") else "rejected")
         refusal = _refused(ctx, name, args, _Refused(code, f"{name}: {result['reason']}"), started)
         return {**refusal, "edited": pii_redact(ctx, result["edited"])} if code == "edited" else refusal
     if error := schema_error(contract.output_schema or contracts.NOOP_SCHEMA, result):

@@ -30,13 +30,15 @@ class ToolCallConflict(Exception):
 
 def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], dict],
                    approval: dict | None = None, admit: Callable[[], None] | None = None,
-                   effect: bool = True) -> dict:
+                   effect: bool = True, repeatable: bool = True) -> dict:
     """Make a side effect once per idempotency key: `call(args, key)` acts and returns a JSON object.
 
     The contract for every tool: a call recorded as succeeded is never made again; its result is
     replayed. A call that failed, or whose worker died before its outcome was recorded (pending), is
     made again with the same key, so the system it acts on must treat a repeated key as the same
-    request (a payment provider's idempotency key, an upsert, a unique constraint).
+    request (a payment provider's idempotency key, an upsert, a unique constraint). A call that is not
+    `repeatable` (a statement run on a customer's database) is not made again once started: its outcome
+    unknown, it returns {"refused", "code": "outcome_unknown", "reason"}, for a human to look.
 
     With `approval` ({"title", "schema", "timeout_s", "on_expiry", and a policy's "quorum", "approver_role",
     "policy", "args_hash", "preview"}, all but the title optional) the call first waits for a human: the run
@@ -67,6 +69,10 @@ def tool_call_once(*, ctx, tool: str, args: dict, call: Callable[[dict, str], di
             return {"refused": True, "reason": _refusal(record.decision)}
         if record.status == ToolCall.Status.AWAITING:
             ctx.wait_for_human(key, {**approval, "tool": tool, "payload": args})
+        if record.status == ToolCall.Status.PENDING and record.executions and not repeatable:
+            return {"refused": True, "code": "outcome_unknown", "reason": (
+                f"an earlier attempt started this call and stopped before its outcome was recorded; it may have "
+                f"acted: a human must check before it is made again (idempotency key {key})")}
         if record.decision and record.decision.get("payload") is not None:
             args = record.decision["payload"]
     if admit is not None:
@@ -93,14 +99,14 @@ def _recorded(run_id, node_id: str, seq: int) -> ToolCall | None:
     """The call as an earlier attempt recorded it (raw: one of these per tool call, and the ORM's query costs
     more than the query)."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id, tool, args, status, result, decision FROM {ToolCall._meta.db_table}"
+        cursor.execute(f"SELECT id, tool, args, status, result, decision, executions FROM {ToolCall._meta.db_table}"
                        " WHERE run_id = %s AND node_id = %s AND seq = %s", [run_id, node_id, seq])
         row = cursor.fetchone()
     if row is None:
         return None
-    pk, tool, args, status, result, decision = row
+    pk, tool, args, status, result, decision, executions = row
     return ToolCall(id=pk, tool=tool, args=json.loads(args), status=status, result=_json(result),
-                    decision=_json(decision))
+                    decision=_json(decision), executions=executions)
 
 
 def _json(text: str | None):

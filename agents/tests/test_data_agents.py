@@ -141,6 +141,30 @@ def test_a_write_waits_for_an_approval_that_shows_its_dry_run_then_runs_once(ten
     assert (example.question, example.sql, example.origin) == ("Delete the customers from Brazil", BRAZIL, "approved")
 
 
+def test_an_approved_write_whose_worker_died_while_running_it_is_not_run_again(tenant, chinook, converse, drive,
+                                                                               model, member):
+    """The customer's database knows nothing of our idempotency keys: a started write whose outcome was not recorded
+    may have run, so it goes to a human instead of running twice."""
+    operator, _ = member(tenant)
+    model.script(sql_answer(BRAZIL, write=True), reply("Done."))
+    _, run = converse(tenant, ANALYST, text="Delete the customers from Brazil")
+    run = drive(run)
+    approval_decide(approval=pending(run), decision="approve", payload=None, actor=operator, comment="")
+    # What a worker leaves when it dies after the statement committed and before the ledger recorded it:
+    with closing(sqlite3.connect(chinook.file_path())) as db:
+        db.execute(BRAZIL)
+        db.commit()
+    ToolCall.objects.filter(run=run, tool="sql.write").update(executions=1)
+
+    run = drive(run)
+
+    assert run.sink == "HANDOVER"
+    assert run.steps.get(node_id="ask", status="succeeded").output["code"] == "outcome_unknown"
+    call = ToolCall.objects.get(run=run, tool="sql.write")
+    assert (call.status, call.executions) == ("pending", 1)  # not made again, and left for a human to settle
+    assert not SqlExample.objects.filter(source=chinook).exists()
+
+
 def test_an_edited_write_is_dry_run_and_approved_again(tenant, chinook, converse, drive, model, member):
     operator, _ = member(tenant)
     model.script(sql_answer(BRAZIL, write=True), reply("Done."))

@@ -154,3 +154,21 @@ def test_a_worker_that_lost_its_lease_mid_effect_cannot_record_it(running, effec
     with pytest.raises(LeaseLost):
         tool_call_once(ctx=ctx_for(running), tool="test.effect", args={}, call=taken_over_meanwhile)
     assert ToolCall.objects.get(run=running).status == "pending"  # the new holder repeats it, same key
+
+
+def test_a_started_call_of_a_tool_that_cannot_tell_a_repeated_key_is_not_made_again(running, effect_log):
+    """Its outcome unknown (the worker died after starting it), the call is refused for a human to settle; a call
+    approved and never started is made."""
+    log, keys = effect_log
+    ToolCall.objects.create(tenant_id=running.tenant_id, run=running, node_id="e", seq=1, tool="test.effect",
+                            idempotency_key=f"{running.id}:e:1", args={"n": 1}, status="pending", executions=1)
+    result = tool_call_once(ctx=ctx_for(running), tool="test.effect", args={"n": 1}, call=external_effect(log),
+                            repeatable=False)
+    assert (result["refused"], result["code"]) == (True, "outcome_unknown")
+    assert keys() == []
+    assert ToolCall.objects.get(run=running).status == "pending"
+
+    ToolCall.objects.filter(run=running).update(executions=0)  # approved and never started: nothing to doubt
+    result = tool_call_once(ctx=ctx_for(running), tool="test.effect", args={"n": 1}, call=external_effect(log),
+                            repeatable=False)
+    assert result == {"done": True, "n": 1} and keys() == [f"{running.id}:e:1"]
