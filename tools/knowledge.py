@@ -48,9 +48,15 @@ EMBED_BATCH = 64
 STALE_AFTER = timedelta(minutes=5)
 RRF_K = 60
 CANDIDATES = 20  # per retriever, before fusion: four times the usual k
-EF_SEARCH = 200  # HNSW search breadth, at least: recall@10 ≈ 0.95 on bench/rag.py's 100k chunks
+EF_SEARCH = 250  # HNSW search breadth, at least: recall@10 ≥ 0.95 on bench/rag.py's 100k chunks (200: 0.94)
 EF_HEADROOM = 2  # before pgvector 0.8: ef_search is this many times what the scope's share of the table needs
 MAX_K = 50
+# A question whose words match thousands of rows (common words, or an "or") is a broad one, where words rank
+# poorly and the vector retriever finds the passages; ranking every match made such searches take 50-500 ms on
+# bench/rag.py's 100k chunks. So the GIN index returns a random sample of about GIN_SAMPLE of the matches when
+# there are more (Postgres's gin_fuzzy_search_limit), and at most LEXICAL_POOL of those are ranked.
+GIN_SAMPLE = 1000
+LEXICAL_POOL = 500
 
 
 # --- writes ---------------------------------------------------------------------------------------------
@@ -407,9 +413,10 @@ ann AS MATERIALIZED (
 )"""
 SEARCH = "WITH" + SEMANTIC + """, lexical AS (
     SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank FROM (
-        SELECT id, ts_rank_cd(search, query) AS score
-        FROM tools_chunk, websearch_to_tsquery('english', %(query)s) query
-        WHERE {scope} AND search @@ query ORDER BY score DESC LIMIT %(candidates)s) best
+        SELECT id, ts_rank_cd(search, query) AS score FROM (
+            SELECT id, search, query FROM tools_chunk, websearch_to_tsquery('english', %(query)s) query
+            WHERE {scope} AND search @@ query LIMIT %(pool)s) matched
+        ORDER BY score DESC LIMIT %(candidates)s) best
 ), fused AS (
     SELECT id, coalesce(1.0 / ({rrf_k} + semantic.rank), 0) + coalesce(1.0 / ({rrf_k} + lexical.rank), 0) AS score,
            semantic.rank AS semantic_rank
@@ -451,7 +458,7 @@ def search_embedded(*, tenant_id: int, query: str, vector: str, sources: list[in
 def search_statement(*, tenant_id: int, query: str, vector: str, sources: list[int] | None, k: int) -> tuple[str, dict]:
     return SEARCH.format(scope=scope_sql(sources), rrf_k=RRF_K), {
         "tenant": tenant_id, "sources": list(sources or []), "query": query, "vector": vector,
-        "candidates": max(CANDIDATES, k), "k": k}
+        "candidates": max(CANDIDATES, k), "k": k, "pool": LEXICAL_POOL}
 
 
 def scope_sql(sources: list[int] | None) -> str:
@@ -459,28 +466,31 @@ def scope_sql(sources: list[int] | None) -> str:
 
 
 # The search's settings, for its transaction only (set_config's `true`). No parallel workers: starting them costs
-# milliseconds, more than the whole search. pgvector before 0.8 filters an HNSW scan's ef_search rows after the scan,
-# so a scope that is a share of the table gets CANDIDATES rows back only if ef_search is about CANDIDATES / share:
-# that, times EF_HEADROOM, from the scope's chunks (its documents' counts) and the table's (its statistics), up to
-# pgvector's maximum of 1000. A scope too small for that is ranked exactly (SEARCH's `exact`), and cheaply.
+# milliseconds, more than the whole search. pgvector ≥ 0.8 scans the HNSW index iteratively: it goes on until it has
+# found enough rows of the scope (relaxed order: nearly sorted, and `semantic` sorts the candidates again).
 SETTINGS = """
-SELECT set_config('max_parallel_workers_per_gather', '0', true),
-       set_config('hnsw.ef_search', least(1000, greatest(%(ef_search)s,
+SELECT set_config('max_parallel_workers_per_gather', '0', true), set_config('hnsw.ef_search', %(ef_search)s, true),
+       set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('gin_fuzzy_search_limit', %(sample)s, true)
+"""
+# pgvector before 0.8 filters an HNSW scan's ef_search rows after the scan, so a scope that is a share of the table
+# gets CANDIDATES rows back only if ef_search is about CANDIDATES / share: that, times EF_HEADROOM, from the scope's
+# chunks (its documents' counts) and the table's (its statistics), up to pgvector's maximum of 1000. A scope too
+# small for that is ranked exactly (SEARCH's `exact`), and cheaply.
+SETTINGS_BEFORE_0_8 = """
+SELECT set_config('max_parallel_workers_per_gather', '0', true), set_config('gin_fuzzy_search_limit', %(sample)s, true),
+       set_config('hnsw.ef_search', least(1000, greatest(%(ef_search)s::int,
                   ceil(%(headroom)s * %(candidates)s * table_rows / greatest(scope_rows, 1))))::int::text, true)
-       {iterative}
 FROM (SELECT greatest(reltuples, 0) AS table_rows FROM pg_class WHERE oid = 'tools_chunk'::regclass) counted_table,
      (SELECT coalesce(sum(chunks_total), 0) AS scope_rows FROM tools_document WHERE {scope}) counted_scope
 """
 
 
 def search_settings(*, tenant_id: int, sources: list[int] | None, k: int) -> tuple[str, dict]:
-    iterative = pgvector_version() >= (0, 8)
-    # With iterative scans the scan goes on until it has found enough rows of the scope (relaxed order: nearly
-    # sorted, and `semantic` sorts the candidates again).
-    iterative_scan = ", set_config('hnsw.iterative_scan', 'relaxed_order', true)" if iterative else ""
-    return SETTINGS.format(scope=scope_sql(sources), iterative=iterative_scan), {
-        "tenant": tenant_id, "sources": list(sources or []), "ef_search": EF_SEARCH,
-        "headroom": 0 if iterative else EF_HEADROOM, "candidates": max(CANDIDATES, k)}
+    if pgvector_version() >= (0, 8):
+        return SETTINGS, {"ef_search": str(EF_SEARCH), "sample": str(GIN_SAMPLE)}
+    return SETTINGS_BEFORE_0_8.format(scope=scope_sql(sources)), {
+        "tenant": tenant_id, "sources": list(sources or []), "ef_search": EF_SEARCH, "headroom": EF_HEADROOM,
+        "candidates": max(CANDIDATES, k), "sample": str(GIN_SAMPLE)}
 
 
 _pgvector_version: tuple[int, ...] | None = None
