@@ -7,6 +7,7 @@ from django.shortcuts import render
 from accounts.models import Membership, Role
 from accounts.views import member_required
 from tools.mediation import RANK
+from tools.models import KnowledgeSource
 from workflows.models import Workflow
 
 from . import services
@@ -20,6 +21,7 @@ def console(request):
     tickets = HandoverTicket.objects.filter(tenant_id=member.tenant_id).exclude(
         status=HandoverTicket.Status.CLOSED).select_related("assignee", "conversation__workflow").order_by("created_at")
     approvals = ApprovalRequest.objects.filter(tenant_id=member.tenant_id, status=ApprovalRequest.Status.PENDING)
+    governs = member.role in (Role.ADMIN, Role.OPERATOR)
     decides = [role for role, rank in RANK.items() if rank <= RANK.get(member.role, 0)]  # the roles it stands for
     return render(request, "console/console.html", {
         "member": member,
@@ -33,5 +35,8 @@ def console(request):
             "canned": list(CannedReply.objects.filter(tenant_id=member.tenant_id).values("title", "text")),
             "workflows": [{"id": slug, "name": name} for slug, name in Workflow.objects.filter(
                 tenant_id=member.tenant_id, live_version__isnull=False).order_by("slug").values_list("slug", "name")],
+            # Operators and admins upload documents to the knowledge sources (the API lets only them).
+            "sources": list(KnowledgeSource.objects.filter(tenant_id=member.tenant_id).order_by("name")
+                            .values("id", "name", "description")) if governs else None,
         },
     })

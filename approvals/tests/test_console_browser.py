@@ -16,6 +16,7 @@ from approvals.models import ApprovalRequest, DeskSeq, HandoverTicket
 from approvals.management.commands.hil_seed import demo_data, demo_workflow
 from approvals.tests.test_approvals import GATE
 from workflows import services
+from tools.knowledge import knowledge_search, knowledge_source_create
 from tools.models import Document
 from workflows.models import Message
 from workflows.tests.conftest import daphne, start_worker, wait  # noqa: F401  (fixtures)
@@ -212,3 +213,34 @@ def test_the_store_analyst_answers_in_the_console_with_tables_charts_and_cited_p
     shot(olga, "sql-write-approval")
     olga.keyboard.press("a")
     expect(alice.locator(".msg.ai p").last).to_have_text("Done: 5 row(s) changed.")
+
+
+def test_an_operator_uploads_documents_and_watches_them_ingested(console, tenant, start_worker, tmp_path):  # noqa: F811
+    start_worker()
+    source = knowledge_source_create(tenant=tenant, name="store-docs", description="Policies and FAQ")
+    shipping = tmp_path / "shipping.md"
+    shipping.write_text("# Shipping\n\n## Abroad\n\nParcels to Norway take five to eight working days.\n")
+    (tmp_path / "notes.exe").write_bytes(b"MZ\x90\x00")
+    agent, olga = console("alice"), console("olga", Role.OPERATOR)
+    expect(agent.locator("[data-tab=documents]")).to_have_count(0)  # the API lets only operators and admins
+
+    olga.keyboard.press("4")
+    expect(olga.locator("#list .row")).to_have_text("store-docsPolicies and FAQ")
+    olga.keyboard.press("Enter")
+    expect(olga.locator("#docs")).to_contain_text("No document yet.")
+    olga.set_input_files("#upload", [str(shipping)])
+    row = olga.locator("#docs tr", has_text="shipping.md")
+    expect(row).to_contain_text("ready")  # queued, then ingested by the worker, the table following it
+    expect(row).to_contain_text("1 / 1")
+    document = Document.objects.get(source=source)
+    assert (document.status, document.media_type, document.chunks_done) == ("ready", "text/markdown", 1)
+    assert knowledge_search(tenant_id=tenant.id, query="how long does shipping to Norway take")[0]["document"] \
+        == document.id
+    shot(olga, "documents")
+
+    olga.set_input_files("#upload", [str(shipping)])
+    expect(olga.locator("#toast")).to_contain_text('already uploaded, as "shipping.md"')
+    olga.set_input_files("#upload", [str(tmp_path / "notes.exe")])
+    expect(olga.locator("#toast.error")).to_contain_text("notes.exe")
+    expect(olga.locator("#docs tr")).to_have_count(1)
+    assert Document.objects.filter(source=source).count() == 1

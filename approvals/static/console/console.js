@@ -10,7 +10,7 @@ const state = {
   approvals: new Map(boot.approvals.map((a) => [a.id, a])),
   seq: boot.seq,            // the last desk event applied
   selected: null,           // the id under the cursor in the list
-  open: null,               // {kind: "ticket"|"approval"|"ask", id, watched: {conversation, run}}
+  open: null,               // {kind: "ticket"|"approval"|"ask"|"documents", id, watched: {conversation, run}}
   runSeq: 0,                // the last run event shown in the open conversation's timeline
   messages: new Map(),      // the open conversation's messages by id
   presence: {},             // socket -> {user, ticket, typing}: everyone online
@@ -24,10 +24,11 @@ function csrf() {
 }
 
 async function api(method, path, body) {
+  const form = body instanceof FormData;  // a file upload: multipart, its boundary set by the browser
   const response = await fetch(`/api/v1/${path}`, {
     method, credentials: "same-origin",
-    headers: {"Content-Type": "application/json", "X-CSRFToken": csrf()},
-    body: body === undefined ? undefined : JSON.stringify(body),
+    headers: form ? {"X-CSRFToken": csrf()} : {"Content-Type": "application/json", "X-CSRFToken": csrf()},
+    body: body === undefined || form ? body : JSON.stringify(body),
   });
   const data = response.status === 204 ? null : await response.json().catch(() => ({}));
   if (!response.ok) {
@@ -151,6 +152,7 @@ function renderArtifact(data) {
 
 function visibleItems() {
   if (state.tab === "ask") return boot.workflows;
+  if (state.tab === "documents") return boot.sources || [];
   if (state.tab === "approvals") {
     return [...state.approvals.values()].filter(mayDecide).sort((a, b) => a.created_at.localeCompare(b.created_at));
   }
@@ -176,11 +178,11 @@ function renderList() {
   const items = visibleItems();
   if (!items.some((item) => item.id === state.selected)) state.selected = items.length ? items[0].id : null;
   $("#filters").hidden = state.tab !== "queue";
-  const row = {queue: ticketRow, approvals: approvalRow, ask: workflowRow}[state.tab];
+  const row = {queue: ticketRow, approvals: approvalRow, ask: workflowRow, documents: sourceRow}[state.tab];
   $("#list").replaceChildren(...items.map(row));
   if (!items.length) {
     $("#list").append(h("li", {class: "empty"}, {queue: "No one is waiting.", approvals: "Nothing to decide.",
-      ask: "No workflow is live."}[state.tab]));
+      ask: "No workflow is live.", documents: "No knowledge source yet (the admin makes them)."}[state.tab]));
   }
 }
 
@@ -217,6 +219,13 @@ function workflowRow(w) {
   }, h("div", {class: "row-top"}, h("span", {class: "workflow"}, w.id)), h("div", {class: "reason"}, w.name));
 }
 
+function sourceRow(s) {
+  return h("li", {
+    class: `row ${s.id === state.selected ? "selected" : ""} ${state.open && state.open.id === s.id ? "opened" : ""}`,
+    "data-id": s.id, onclick: () => { state.selected = s.id; openSelected(); },
+  }, h("div", {class: "row-top"}, h("span", {class: "workflow"}, s.name)), h("div", {class: "reason"}, s.description));
+}
+
 // Whether the inbox lists it: what the member's role may decide (a viewer, who decides nothing, sees it all).
 function mayDecide(a) {
   return !boot.may_act || !a.approver_role || boot.decides.includes(a.approver_role);
@@ -248,7 +257,7 @@ function switchTab(tab) {
 
 function openSelected() {
   if (!state.selected) return;
-  ({queue: openTicket, approvals: openApproval, ask: openAsk})[state.tab](state.selected);
+  ({queue: openTicket, approvals: openApproval, ask: openAsk, documents: openSource})[state.tab](state.selected);
   renderList();
 }
 
@@ -431,6 +440,56 @@ async function ask() {
   $("#results").replaceChildren();
   $("#timeline").replaceChildren();
   watch();
+}
+
+// ---------- a knowledge source's documents: upload, and each one's ingestion as it goes ----------
+
+function openSource(id) {
+  const source = (boot.sources || []).find((s) => s.id === id);
+  if (!source) return;
+  state.open = {kind: "documents", id, watched: null, shown: new Set()};
+  const input = h("input", {type: "file", id: "upload", multiple: true, accept: ".txt,.md,.markdown,.html,.htm,.pdf",
+    "aria-label": "Documents to upload", onchange: () => { upload(input.files); input.value = ""; }});
+  const drop = h("label", {class: "drop", for: "upload",
+    ondragover: (e) => { e.preventDefault(); drop.classList.add("over"); },
+    ondragleave: () => drop.classList.remove("over"),
+    ondrop: (e) => { e.preventDefault(); drop.classList.remove("over"); upload(e.dataTransfer.files); },
+  }, input, "Drop text, Markdown, HTML or PDF files here, or press ", h("kbd", {}, "u"), " to choose them.");
+  $("#detail").replaceChildren(h("section", {class: "documents"},
+    h("div", {class: "actions"}, h("h2", {}, source.name)), drop,
+    h("table", {class: "docs"}, h("thead", {}, h("tr", {}, ["Document", "Type", "Status", "Chunks", ""].map(
+      (c) => h("th", {}, c)))), h("tbody", {id: "docs"}))));
+  refreshDocuments(state.open);
+}
+
+async function upload(files) {
+  const open = state.open;
+  if (!open || open.kind !== "documents") return;
+  for (const file of files) {
+    const form = new FormData();
+    form.append("file", file);
+    const document = await act(`Uploading ${file.name}`, () => api("POST", `knowledge-sources/${open.id}/documents/`, form));
+    if (document && open.shown.has(document.id)) toast(`${file.name}: already uploaded, as "${document.title}"`);
+  }
+  refreshDocuments(open);
+}
+
+// The documents as the API has them, again every second while one is still being ingested and the source is open.
+async function refreshDocuments(open) {
+  clearTimeout(refreshDocuments.timer);
+  const documents = await act("Documents", () => api("GET", `knowledge-sources/${open.id}/documents/`));
+  if (!documents || state.open !== open) return;
+  open.shown = new Set(documents.map((d) => d.id));
+  $("#docs").replaceChildren(...documents.map((d) => h("tr", {"data-document": d.id, class: d.status},
+    h("td", {}, d.title), h("td", {}, d.media_type),
+    h("td", {}, h("progress", {max: 100, value: d.progress, "aria-label": `${d.title}: ${d.progress}%`}),
+      ` ${d.status === "ingesting" ? d.progress + "%" : d.status}`),
+    h("td", {}, d.chunks_total ? `${d.chunks_done} / ${d.chunks_total}` : ""),
+    h("td", {class: "error"}, d.error))));
+  if (!documents.length) $("#docs").append(h("tr", {}, h("td", {colspan: 5, class: "empty"}, "No document yet.")));
+  if (documents.some((d) => d.status === "queued" || d.status === "ingesting")) {
+    refreshDocuments.timer = setTimeout(() => refreshDocuments(open), 1000);
+  }
 }
 
 // ---------- an approval ----------
@@ -654,6 +713,8 @@ function toggleHelp(show) {
 const keys = {
   j: () => move(1), ArrowDown: () => move(1), k: () => move(-1), ArrowUp: () => move(-1),
   Enter: openSelected, 1: () => switchTab("queue"), 2: () => switchTab("approvals"), 3: () => switchTab("ask"),
+  4: () => { if (boot.sources) switchTab("documents"); },
+  u: () => { const input = $("#upload"); if (input) input.click(); },
   c: claim, t: returnToAi, a: () => decide("approve"), e: () => decide("edit"), x: () => decide("reject"),
   r: () => { const reply = $("#reply"); if (reply && !reply.disabled) reply.focus(); },
   n: () => { const note = $("#note"); if (note) note.focus(); },
