@@ -36,7 +36,7 @@ def mcp_http_server(folder: Path, *, start_timeout_s: float = 30):
     calls_file = folder / "mcp_calls.jsonl"
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, *SERVER, "http", "--port", str(port), "--token", token],
+        [sys.executable, *SERVER, "http", "--port", str(port), f"--token={token}"],  # a token may start with "-"
         cwd=REPO,
         env={**os.environ, "MCP_CALLS_FILE": str(calls_file)},
     )
