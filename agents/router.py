@@ -24,13 +24,14 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Callable
+from urllib.parse import urlsplit
 
 import jsonschema
 import openai
 import tiktoken
 from django.conf import settings
 
-from core import redis
+from core import redis, tracing
 from core.redis import LUA_NOW, script
 from tools.services import pii_redact, secret_value, tool_call_once
 
@@ -227,7 +228,9 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
         started = time.monotonic()
         timeout_s = min(ctx.remaining() or settings.HIL_LLM_CALL_TIMEOUT_S, settings.HIL_LLM_CALL_TIMEOUT_S)
         try:
-            response = client.chat.completions.create(**request, timeout=timeout_s)
+            with _chat_span(model, req.max_tokens) as span:
+                response = client.chat.completions.create(**request, timeout=timeout_s)
+                _chat_traced(span, response)
         except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as e:
             outcome, error = _failure(e, api_key)
             wait_s = _retry_after_s(e) if isinstance(e, openai.RateLimitError) else 0
@@ -394,6 +397,23 @@ def _retry_after_s(e: openai.APIStatusError) -> float:
         return max(0.0, float(e.response.headers.get("retry-after", "")))
     except ValueError:
         return 0.0
+
+
+def _chat_span(model: EndpointModel, max_tokens: int):
+    """A model call's span, as the GenAI semantic conventions name it: `chat {model}`, a client span."""
+    host = urlsplit(model.endpoint.base_url)
+    return tracing.span(f"chat {model.model}", kind=tracing.SpanKind.CLIENT, **{
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": model.model,
+        "gen_ai.request.max_tokens": max_tokens, "server.address": host.hostname, "server.port": host.port,
+        "hil.endpoint": model.endpoint.name})
+
+
+def _chat_traced(span, response) -> None:
+    span.set_attributes({
+        "gen_ai.response.model": response.model, "gen_ai.response.id": response.id or "",
+        "gen_ai.response.finish_reasons": [choice.finish_reason or "" for choice in response.choices],
+        "gen_ai.usage.input_tokens": response.usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": response.usage.completion_tokens})
 
 
 @functools.lru_cache(maxsize=64)

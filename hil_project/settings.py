@@ -78,6 +78,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.tracing.TraceMiddleware",
     "hil_project.middleware.ApiErrorsAsJson",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -267,7 +268,10 @@ HIL_DATA_SOURCES_ON_OWN_SERVER = os.environ.get("HIL_DATA_SOURCES_ON_OWN_SERVER"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # JSON lines (hil_project/logs.py); HIL_LOG_FORMAT=text for plain lines.
+    "formatters": {"json": {"()": "hil_project.logs.JsonFormatter"},
+                   "text": {"format": "%(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": os.environ.get("HIL_LOG_FORMAT", "json")}},
     "root": {"handlers": ["console"], "level": os.environ.get("HIL_LOG_LEVEL", "INFO")},
     # sqlglot warns of each statement it reads as a generic command, which the SQL guard then refuses anyway.
     "loggers": {"django.db.backends": {"level": "WARNING"}, "sqlglot": {"level": "ERROR"}},

@@ -24,7 +24,7 @@ import jmespath
 from django.utils import timezone
 
 from accounts.models import AuditEntry, Tenant
-from core import deadlines, redis
+from core import deadlines, redis, tracing
 from core.errors import ServiceError
 from core.expressions import compile_expression
 
@@ -49,6 +49,15 @@ class _Refused(Exception):
 
 def tool_call(ctx, name: str, args) -> dict:
     """Call the tool `name` for the step `ctx` with `args`: its result (PII redacted), or a refusal."""
+    with tracing.span(f"execute_tool {name}", **{"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
+                                                 "hil.node": ctx.node_id}):
+        result = _tool_call(ctx, name, args)
+        if result.get("refused") is True:
+            tracing.failed(f"refused: {result.get('code')}", "refused")
+        return result
+
+
+def _tool_call(ctx, name: str, args) -> dict:
     started = time.perf_counter()
     try:
         if not isinstance(args, dict):

@@ -296,6 +296,14 @@ def find(text: str, entities=ENTITIES) -> list[Match]:
     return sorted((match for match in found if match.entity in entities), key=lambda match: match.start)
 
 
+def masked(text: str) -> str:
+    """`text` with each piece of personal data replaced by its kind, `<email>`: for logs and traces, where nothing
+    needs it back."""
+    for match in reversed(find(text)):
+        text = text[:match.start] + f"<{match.entity}>" + text[match.end:]
+    return text
+
+
 def redact(text: str, *, vault: Vault, entities=ENTITIES) -> str:
     parts, last = [], 0
     for match in find(text, entities):

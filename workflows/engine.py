@@ -32,8 +32,9 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from agents import registry
 from agents.registry import LeaseLost, StepFailure, WaitForHuman
-from core import deadlines
+from core import deadlines, tracing
 from core.expressions import evaluate
+from tools import pii
 from tools.services import pii_refill
 
 from . import humans
@@ -104,9 +105,14 @@ def queued_fields(delay_s: float = 0) -> dict:
 # --- claiming and walking ----------------------------------------------------------------
 
 
-def run_claim(run_id) -> tuple[Run, str] | None:
+def run_seen(run_id) -> dict | None:
+    return Run.objects.filter(id=run_id).values("tenant_id", "current_node", "attempt", "started_at", "trace_parent",
+                                                "workflow_version_id").first()
+
+
+def run_claim(run_id, seen: dict | None = None) -> tuple[Run, str] | None:
     """QUEUED (and due) or RUNNING with an expired lease → RUNNING under a new lease."""
-    seen = Run.objects.filter(id=run_id).values("tenant_id", "current_node", "attempt", "started_at").first()
+    seen = seen or run_seen(run_id)
     if seen is None:
         return None
     lease = uuid.uuid4().hex
@@ -128,11 +134,33 @@ def run_execute(*, run_id, queue: str | None = None, time_limit: float | None = 
     must go on in another task: one for another queue, or a fresh one when this task's hard time
     limit (`time_limit`, counted from now) could cut the next step off before its own deadline."""
     started = time.monotonic()
-    claim = run_claim(run_id)
-    if claim is None:
+    seen = run_seen(run_id)
+    if seen is None:
         return
-    run, lease = claim
-    spec = version_get(run.workflow_version_id).spec
+    version = version_get(seen["workflow_version_id"])
+    with _traced(run_id, seen, version):
+        claim = run_claim(run_id, seen)
+        if claim is not None:
+            _walk(*claim, version.spec, started, queue, time_limit)
+
+
+@contextmanager
+def _traced(run_id, seen: dict, version: WorkflowVersion):
+    """The turn's trace, continued by every task that walks the run (core/tracing.py), and its log lines' fields."""
+    slug = _workflow_slug(version.workflow_id)
+    with tracing.continued(seen["trace_parent"]), tracing.logged_as(tenant=seen["tenant_id"], run=str(run_id)), \
+            tracing.span(f"invoke_workflow {slug}", **{
+                "gen_ai.operation.name": "invoke_workflow", "hil.workflow": slug,
+                "hil.workflow.version": version.number, "hil.tenant": seen["tenant_id"], "hil.run": str(run_id)}):
+        yield
+
+
+@lru_cache(maxsize=1024)
+def _workflow_slug(workflow_id: int) -> str:
+    return Workflow.objects.values_list("slug", flat=True).get(pk=workflow_id)
+
+
+def _walk(run: Run, lease: str, spec: dict, started: float, queue: str | None, time_limit: float | None) -> None:
     try:
         while run.status == Run.Status.RUNNING:
             node_id = run.current_node
@@ -196,7 +224,14 @@ def _holding(run_id, lease: str):
 
 
 def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
-    """Run one attempt of an agent node and commit its outcome; returns the run as committed."""
+    """Run one attempt of an agent node and commit its outcome, in its span; returns the run as committed."""
+    with tracing.logged_as(node=node["id"]), tracing.span(f"invoke_agent {node['agent']}", **{
+            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": node["agent"], "hil.node": node["id"],
+            "hil.attempt": run.attempt}):
+        return _step_attempt(run, lease, spec, node)
+
+
+def _step_attempt(run: Run, lease: str, spec: dict, node: dict) -> Run:
     node_id, limits = node["id"], workflow_spec.limits(node)
     workflow_id = version_get(run.workflow_version_id).workflow_id
     ctx = registry.StepContext(tenant_id=run.tenant_id, run_id=str(run.id), node_id=node_id, attempt=run.attempt,
@@ -246,6 +281,7 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
     step = Step(tenant_id=run.tenant_id, run_id=run.id, node_id=node_id, agent=node["agent"], attempt=run.attempt,
                 idempotency_key=f"{run.id}:{node_id}:{run.attempt}", started_at=started, finished_at=finished)
     duration_ms = round((finished - started).total_seconds() * 1000)
+    log.info("step %s attempt %s %s in %d ms", node_id, run.attempt, "failed" if error else "succeeded", duration_ms)
     if error is None:
         step.status, step.output, step.cost = Step.Status.SUCCEEDED, result.output, result.cost
         reason = f"node '{node_id}' routed the conversation to a human" if next_id == workflow_spec.HANDOVER else ""
@@ -265,6 +301,7 @@ def _step_run(run: Run, lease: str, spec: dict, node: dict) -> Run:
             step.output, step.cost = None, Decimal(0)
 
     step.status, step.error = Step.Status.FAILED, error
+    tracing.failed(pii.masked(error), "step_failed")
     failed = {"node": node_id, "attempt": step.attempt, "error": error, "duration_ms": duration_ms}
     if retryable and run.attempt <= limits["max_retries"]:
         delay_s = min(limits["backoff"] * 2 ** (run.attempt - 1), limits["max_backoff"]) / 1000

@@ -9,6 +9,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core import redis as core_redis
+from core import tracing
 
 from .models import Run, RunEvent
 
@@ -59,9 +60,9 @@ def run_commit(run: Run, *, lease: str | None = None, where: tuple[str, list] | 
     sets.append(f"last_seq = last_seq + {len(events)}")
     sql = [f"WITH r AS (UPDATE {Run._meta.db_table} SET {', '.join(sets)} WHERE id = %s AND ({where[0]}) RETURNING *)"]
     params += [run.id, *where[1]]
-    now = timezone.now()
-    for i, row in enumerate((*[RunEvent(tenant_id=run.tenant_id, run_id=run.id, seq=0, type=type_, data=data, ts=now)
-                               for type_, data in events], *rows)):
+    now, trace_id = timezone.now(), tracing.trace_id()
+    for i, row in enumerate((*[RunEvent(tenant_id=run.tenant_id, run_id=run.id, seq=0, type=type_, data=data, ts=now,
+                                        trace_id=trace_id) for type_, data in events], *rows)):
         columns = [f for f in row._meta.concrete_fields if not f.primary_key or f.name == "id" and row.pk]
         values = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in columns]
         placeholders = ["%s"] * len(columns)

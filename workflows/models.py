@@ -134,11 +134,14 @@ class Run(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    trace_parent = models.CharField(max_length=55, blank=True, help_text=(
+        "The W3C traceparent the turn's trace continues from: every task that runs a step of it joins that trace."))
 
     class Meta:
         # The sweeper only looks at active runs, few at any time. Indexing nothing a step changes
         # (lease_expires_at, state) keeps each step's update of the run a cheap HOT update.
-        indexes = [models.Index(fields=["status"], condition=Q(status__in=["queued", "running"]), name="run_active_idx")]
+        indexes = [models.Index(fields=["status"], condition=Q(status__in=["queued", "running"]), name="run_active_idx"),
+                   models.Index(fields=["finished_at"], name="run_finished_idx")]  # analytics reads runs as they end
 
     def __str__(self):
         return str(self.id)
@@ -184,6 +187,7 @@ class RunEvent(models.Model):
     type = models.CharField(max_length=40)
     data = models.JSONField(default=dict)
     ts = models.DateTimeField()
+    trace_id = models.CharField(max_length=32, blank=True, help_text="The OpenTelemetry trace the event was made in.")
 
     class Meta:
         ordering = ["run", "seq"]
@@ -199,5 +203,6 @@ class RunEvent(models.Model):
             "type": self.type,
             "run": str(self.run_id),
             "ts": self.ts.isoformat(),
+            "trace_id": self.trace_id,
             "data": self.data,
         }

@@ -5,6 +5,7 @@ from accounts.models import Tenant
 from accounts.services import audit_record
 from agents.models import STANDARD_PROFILES, ModelProfile
 from core.errors import Conflict, ServiceError
+from core import tracing
 from core.rollout import Stage
 
 from . import engine, humans
@@ -138,6 +139,7 @@ def run_start(*, conversation: Conversation, message: Message, held: bool) -> Ru
         tenant_id=conversation.tenant_id, conversation=conversation, workflow_version=version,
         current_node=version.entry(), status=Run.Status.HELD if held else Run.Status.QUEUED,
         state={"input": {"text": message.text, "turn_id": message.turn_id, "conversation": str(conversation.id)}},
+        trace_parent=tracing.traceparent(),  # the request's: the turn's trace goes on in the workers
     )
     data = {"workflow": conversation.workflow.slug, "version": version.number, "message": str(message.id)}
     if held:

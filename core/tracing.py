@@ -1,0 +1,133 @@
+"""Tracing with OpenTelemetry: one trace per turn, from the API request through the Celery hop into every step, model
+call and tool call, named as the GenAI semantic conventions name them (`invoke_workflow`, `invoke_agent {agent}`,
+`chat {model}`, `execute_tool {tool}`).
+
+The hop is the run's row, not the task's message: a run keeps the traceparent of the request that made it
+(`Run.trace_parent`), and every task that walks it, first or after a retry, a takeover by the sweeper or an
+approval, continues that trace. Run events and log lines carry the trace id.
+
+Spans are always made (so ids exist for events and logs) and exported only when the standard environment asks:
+`OTEL_TRACES_EXPORTER=otlp` or `console`, or an `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` (OTLP over HTTP, the other
+`OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables as the SDK reads them). `OTEL_SDK_DISABLED=true` makes none.
+"""
+
+import os
+import secrets
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+__all__ = ["SpanKind", "continued", "failed", "logged_as", "setup", "span", "trace_id", "traceparent", "tracer"]
+
+tracer = trace.get_tracer("hil")
+# What a log line says about where it was written (core.logs): the tenant, run and node a worker is on.
+log_context: ContextVar[dict] = ContextVar("hil_log_context", default={})
+
+
+def setup() -> None:
+    """The process's tracer provider, once (before a Celery fork: the batch processor restarts its thread in
+    each child)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or isinstance(trace.get_tracer_provider(),
+                                                                                TracerProvider):
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "hil")}))
+    exporter = _exporter()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+
+def _exporter():
+    chosen = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if chosen == "console":
+        return ConsoleSpanExporter()
+    if chosen == "otlp" or (endpoint and chosen != "none"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    return None
+
+
+def trace_id() -> str:
+    """The current trace's id (32 hex digits), or "" outside any span."""
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else ""
+
+
+def traceparent() -> str:
+    """The current span as a W3C traceparent, for a run to continue; outside any span, a new trace's."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent") or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+@contextmanager
+def continued(parent: str):
+    """Spans made inside continue the trace of `parent` (a traceparent; empty: a new trace)."""
+    token = context.attach(propagate.extract({"traceparent": parent} if parent else {}))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+@contextmanager
+def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, **attributes):
+    """A span made current for the block. An exception leaving it marks it failed with the exception's type only:
+    its message may hold what a customer wrote, and spans leave the platform."""
+    with tracer.start_as_current_span(name, kind=kind, attributes=_clean(attributes), record_exception=False,
+                                      set_status_on_exception=False) as current:
+        try:
+            yield current
+        except BaseException as e:
+            failed(type(e).__name__, type(e).__name__)
+            raise
+
+
+def failed(error: str, error_type: str = "") -> None:
+    """Mark the current span as failed (a step that failed, a tool call refused). `error` is shown as the span's
+    status: no personal data in it (tools.pii.masked)."""
+    current = trace.get_current_span()
+    current.set_status(Status(StatusCode.ERROR, error[:200]))
+    current.set_attribute("error.type", error_type or "error")
+
+
+def _clean(attributes: dict) -> dict:
+    return {key: value for key, value in attributes.items() if value is not None}
+
+
+@contextmanager
+def logged_as(**fields):
+    """Log lines written inside say these fields (tenant, run, node), on top of the ones around."""
+    token = log_context.set({**log_context.get(), **fields})
+    try:
+        yield
+    finally:
+        log_context.reset(token)
+
+
+class TraceMiddleware:
+    """A server span per HTTP request, `{METHOD} {route}`, continuing a caller's `traceparent` header."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        with continued(request.headers.get("traceparent", "")), span(
+                f"{request.method}", kind=SpanKind.SERVER, **{"http.request.method": request.method,
+                                                               "url.path": request.path}) as current:
+            response = self.get_response(request)
+            route = getattr(getattr(request, "resolver_match", None), "route", None)
+            if route:
+                current.update_name(f"{request.method} /{route}")
+                current.set_attribute("http.route", "/" + route)
+            current.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= 500:
+                failed(f"HTTP {response.status_code}", str(response.status_code))
+            return response
