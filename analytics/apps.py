@@ -2,6 +2,6 @@ from django.apps import AppConfig
 
 
 class AnalyticsConfig(AppConfig):
-    """Metrics, SLOs, evaluations and dashboards: nothing here yet (see ARCHITECTURE.md)."""
+    """Rollups of runs per minute, hour and day; SLOs with burn-rate alerts; business KPIs (see ARCHITECTURE.md)."""
 
     name = "analytics"

@@ -254,6 +254,8 @@ CELERY_BEAT_SCHEDULE = {
     "tickets-release": {"task": "approvals.tasks.tickets_release_task", "schedule": HIL_SWEEP_INTERVAL_S},
     # Expired answers are never served; this only gives their space back.
     "llm-cache-expire": {"task": "agents.tasks.llm_cache_expire_task", "schedule": 3600},
+    # Rollups of the last minutes, then SLO burn-rate alerts; a send not taken within the minute is dropped.
+    "analytics-rollup": {"task": "analytics.tasks.rollup_task", "schedule": 60, "options": {"expires": 55}},
 }
 # Modules imported at start-up that register custom agents (comma-separated).
 HIL_AGENT_MODULES = [m for m in os.environ.get("HIL_AGENT_MODULES", "").split(",") if m]

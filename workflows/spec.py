@@ -17,6 +17,8 @@ A node's `tools` lists the tools its agent may call (tools.mediation); operators
 admin. `when` is a JMESPath expression over the run state: `input` (the message) and one key per
 finished node holding its output. Every node has exactly one default edge. A top-level
 `limits: {max_cost: 0.05}` is the run's budget in USD: what all its model calls together may cost.
+A top-level `slos:` states the workflow's service level objectives, which analytics watches with burn-rate
+alerts: `{success_rate: 0.95, p95_latency_ms: 8000, cost_per_request_usd: 0.05, handover_rate: 0.3}`.
 """
 
 import jsonschema
@@ -33,6 +35,15 @@ RESERVED = (*SINKS, "input")  # `input` is the run state's key for the message
 DEFAULT_LIMITS = {"timeout_ms": 30_000, "max_retries": 2, "backoff": 200, "max_backoff": 60_000, "max_cost": None}
 
 _ID = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 64}
+_SHARE = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+# The objectives a spec's `slos:` may set, and their ranges: a share of runs strictly between 0 and 1 (at 0 or 1
+# the error budget would be empty or everything), a latency in ms up to a day, a cost in USD.
+SLO_SCHEMA = {
+    "success_rate": _SHARE,  # runs that did not fail, of those that ended (cancelled ones aside)
+    "handover_rate": _SHARE,  # at most this share of ended runs handed over to a human
+    "p95_latency_ms": {"type": "integer", "minimum": 1, "maximum": 86_400_000},
+    "cost_per_request_usd": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+}
 SCHEMA = {
     "type": "object",
     "required": ["entry", "nodes", "edges"],
@@ -43,6 +54,7 @@ SCHEMA = {
         "entry": {"type": "string"},
         "limits": {"type": "object", "additionalProperties": False,
                    "properties": {"max_cost": {"type": ["number", "null"], "minimum": 0}}},
+        "slos": {"type": "object", "propertyNames": {"enum": list(SLO_SCHEMA)}, "properties": SLO_SCHEMA},
         "nodes": {
             "type": "array",
             "minItems": 1,
