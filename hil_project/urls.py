@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import views as accounts_views
 from agents import api as agents_api
+from analytics import api as analytics_api
 from approvals import api as approvals_api
 from approvals import views as console_views
 from hil_project import health
@@ -62,6 +63,7 @@ api = [
 
 urlpatterns = [
     path("healthz", health.healthz),
+    path("metrics", analytics_api.MetricsApi.as_view()),
     path("readyz", health.readyz),
     path("admin/", admin.site.urls),
     path("console/", console_views.console, name="console"),
