@@ -74,6 +74,8 @@ class RunEventSerializer(serializers.Serializer):
     type = serializers.CharField()
     run = serializers.UUIDField()
     ts = serializers.DateTimeField()
+    trace_id = serializers.CharField(allow_blank=True, help_text="The OpenTelemetry trace the event was made in "
+                                                                 "(32 hex digits; empty for events made before).")
     data = serializers.JSONField()
 
 

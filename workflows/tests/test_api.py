@@ -133,7 +133,7 @@ def test_events_follow_the_v1_envelope_contract(api, conversation, drive):
     assert [e["type"] for e in events] == ["run.queued", "run.started", "step.succeeded", "step.succeeded",
                                           "run.finished"]
     for event in events:
-        assert set(event) == {"v", "seq", "type", "run", "ts", "data"}
+        assert set(event) == {"v", "seq", "type", "run", "ts", "trace_id", "data"}
         assert event["v"] == 1 and event["run"] == run_id and isinstance(event["data"], dict)
         assert datetime.fromisoformat(event["ts"]).tzinfo is not None
     assert events[0]["data"] == {"workflow": "wf", "version": 1, "message": events[0]["data"]["message"]}

@@ -60,7 +60,7 @@ async def test_a_socket_gets_the_history_then_each_new_event_as_it_is_committed(
     events = await receive_until_finished(ws)
     assert [e["seq"] for e in events] == [2, 3, 4, 5]
     assert [e["type"] for e in events] == ["run.started", "step.succeeded", "step.succeeded", "run.finished"]
-    assert set(events[-1]) == {"v", "seq", "type", "run", "ts", "data"} and events[-1]["run"] == str(run.id)
+    assert set(events[-1]) == {"v", "seq", "type", "run", "ts", "trace_id", "data"} and events[-1]["run"] == str(run.id)
     await ws.disconnect()
 
 
