@@ -22,10 +22,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-__all__ = ["SpanKind", "continued", "failed", "logged_as", "setup", "span", "trace_id", "traceparent", "tracer"]
+__all__ = ["SpanKind", "continued", "failed", "ids", "logged_as", "setup", "span", "trace_id", "traceparent", "tracer"]
 
 tracer = trace.get_tracer("hil")
-# What a log line says about where it was written (core.logs): the tenant, run and node a worker is on.
+# What a log line says about where it was written (hil_project/logs.py): the tenant, run and node a worker is on.
 log_context: ContextVar[dict] = ContextVar("hil_log_context", default={})
 
 
@@ -54,10 +54,17 @@ def _exporter():
     return None
 
 
+def ids() -> dict[str, str]:
+    """The current span's {"trace_id", "span_id"} in hex, or {} outside any span."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return {}
+    return {"trace_id": format(span_context.trace_id, "032x"), "span_id": format(span_context.span_id, "016x")}
+
+
 def trace_id() -> str:
     """The current trace's id (32 hex digits), or "" outside any span."""
-    span_context = trace.get_current_span().get_span_context()
-    return format(span_context.trace_id, "032x") if span_context.is_valid else ""
+    return ids().get("trace_id", "")
 
 
 def traceparent() -> str:

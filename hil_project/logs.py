@@ -7,9 +7,7 @@ import json
 import logging
 import time
 
-from opentelemetry import trace
-
-from core.tracing import log_context
+from core import tracing
 from tools import pii
 
 
@@ -19,11 +17,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
                 "level": record.levelname, "logger": record.name, "message": pii.masked(record.getMessage())}
-        span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
-            line["trace_id"] = format(span_context.trace_id, "032x")
-            line["span_id"] = format(span_context.span_id, "016x")
-        line.update(log_context.get())
+        line.update(tracing.ids())
+        line.update(tracing.log_context.get())
         if record.exc_info:
             line["error"] = pii.masked(self.formatException(record.exc_info))
         return json.dumps(line, default=str)

@@ -4,8 +4,8 @@ from django.utils import timezone
 from accounts.models import Tenant
 from accounts.services import audit_record
 from agents.models import STANDARD_PROFILES, ModelProfile
-from core.errors import Conflict, ServiceError
 from core import tracing
+from core.errors import Conflict, ServiceError
 from core.rollout import Stage
 
 from . import engine, humans
