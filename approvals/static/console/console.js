@@ -186,45 +186,42 @@ function renderList() {
   }
 }
 
+// A row of the list: selected under the cursor, marked when it is the one open; a click opens it.
+function listRow(id, ...children) {
+  return h("li", {
+    class: `row ${id === state.selected ? "selected" : ""} ${state.open && state.open.id === id ? "opened" : ""}`,
+    "data-id": id, onclick: () => { state.selected = id; openSelected(); },
+  }, ...children);
+}
+
 function ticketRow(t) {
   const viewers = viewersOf(t.id);
-  return h("li", {
-    class: `row ${t.id === state.selected ? "selected" : ""} ${state.open && state.open.id === t.id ? "opened" : ""}`,
-    "data-id": t.id, onclick: () => { state.selected = t.id; openSelected(); },
-  },
-  h("div", {class: "row-top"},
-    h("span", {class: "workflow"}, t.workflow),
-    h("span", {class: "sla", "data-since": t.created_at, title: "Waiting since the handover"}, since(t.created_at))),
-  h("div", {class: "reason"}, t.reason),
-  h("div", {class: "row-bottom"},
-    t.assignee ? h("span", {class: `badge ${t.assignee === boot.me ? "mine" : "taken"}`},
-      t.assignee === boot.me ? "yours" : `${t.assignee} has it`) : h("span", {class: "badge open"}, "open"),
-    viewers.length ? h("span", {class: "viewers"}, `👀 ${viewers.map((v) => v.user).join(", ")}`) : null));
+  return listRow(t.id,
+    h("div", {class: "row-top"},
+      h("span", {class: "workflow"}, t.workflow),
+      h("span", {class: "sla", "data-since": t.created_at, title: "Waiting since the handover"}, since(t.created_at))),
+    h("div", {class: "reason"}, t.reason),
+    h("div", {class: "row-bottom"},
+      t.assignee ? h("span", {class: `badge ${t.assignee === boot.me ? "mine" : "taken"}`},
+        t.assignee === boot.me ? "yours" : `${t.assignee} has it`) : h("span", {class: "badge open"}, "open"),
+      viewers.length ? h("span", {class: "viewers"}, `👀 ${viewers.map((v) => v.user).join(", ")}`) : null));
 }
 
 function approvalRow(a) {
-  return h("li", {
-    class: `row ${a.id === state.selected ? "selected" : ""} ${state.open && state.open.id === a.id ? "opened" : ""}`,
-    "data-id": a.id, onclick: () => { state.selected = a.id; openSelected(); },
-  },
-  h("div", {class: "row-top"}, h("span", {class: "workflow"}, a.node),
-    h("span", {class: "sla", "data-since": a.created_at}, since(a.created_at))),
-  h("div", {class: "reason"}, a.title, a.quorum > 1 ? h("span", {class: "quorum"}, ` · ${quorum(a)}`) : null));
+  return listRow(a.id,
+    h("div", {class: "row-top"}, h("span", {class: "workflow"}, a.node),
+      h("span", {class: "sla", "data-since": a.created_at}, since(a.created_at))),
+    h("div", {class: "reason"}, a.title, a.quorum > 1 ? h("span", {class: "quorum"}, ` · ${quorum(a)}`) : null));
 }
 
-function workflowRow(w) {
-  return h("li", {
-    class: `row ${w.id === state.selected ? "selected" : ""} ${state.open && state.open.id === w.id ? "opened" : ""}`,
-    "data-id": w.id, onclick: () => { state.selected = w.id; openSelected(); },
-  }, h("div", {class: "row-top"}, h("span", {class: "workflow"}, w.id)), h("div", {class: "reason"}, w.name));
+// A live workflow (Ask) or a knowledge source (Documents): a name and a line about it.
+function namedRow(id, name, about) {
+  return listRow(id, h("div", {class: "row-top"}, h("span", {class: "workflow"}, name)),
+    h("div", {class: "reason"}, about));
 }
 
-function sourceRow(s) {
-  return h("li", {
-    class: `row ${s.id === state.selected ? "selected" : ""} ${state.open && state.open.id === s.id ? "opened" : ""}`,
-    "data-id": s.id, onclick: () => { state.selected = s.id; openSelected(); },
-  }, h("div", {class: "row-top"}, h("span", {class: "workflow"}, s.name)), h("div", {class: "reason"}, s.description));
-}
+const workflowRow = (w) => namedRow(w.id, w.id, w.name);
+const sourceRow = (s) => namedRow(s.id, s.name, s.description);
 
 // Whether the inbox lists it: what the member's role may decide (a viewer, who decides nothing, sees it all).
 function mayDecide(a) {
@@ -468,8 +465,8 @@ async function upload(files) {
   for (const file of files) {
     const form = new FormData();
     form.append("file", file);
-    const document = await act(`Uploading ${file.name}`, () => api("POST", `knowledge-sources/${open.id}/documents/`, form));
-    if (document && open.shown.has(document.id)) toast(`${file.name}: already uploaded, as "${document.title}"`);
+    const added = await act(`Uploading ${file.name}`, () => api("POST", `knowledge-sources/${open.id}/documents/`, form));
+    if (added && open.shown.has(added.id)) toast(`${file.name}: already uploaded, as "${added.title}"`);
   }
   refreshDocuments(open);
 }
