@@ -1,7 +1,14 @@
+from collections import defaultdict
+from datetime import timedelta
+from typing import NamedTuple
+
 from django.contrib import admin, messages
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.text import Truncator
 
 from accounts.admin import TenantScopedAdmin
+from agents.models import LLMCall
 from core import charts
 from core.errors import ServiceError
 
@@ -129,7 +136,9 @@ class EventInline(ReadOnlyInline):
 class RunAdmin(TenantScopedAdmin):
     list_display = ["id", "workflow_version", "status", "sink", "current_node", "cost", "created_at"]
     list_filter = ["tenant", "status", "sink"]
-    readonly_fields = [f.name for f in Run._meta.fields] + ["results"]
+    readonly_fields = [f.name for f in Run._meta.fields] + ["results", "trace"]
+    fieldsets = [(None, {"fields": [f.name for f in Run._meta.fields] + ["results"]}),
+                 ("Trace", {"fields": ["trace"]})]
     inlines = [StepInline, EventInline]
     actions = ["cancel", "retry"]
 
@@ -147,6 +156,25 @@ class RunAdmin(TenantScopedAdmin):
                 shown.append(format_html_join("", '<blockquote><b>{} › {}</b><br>{}</blockquote>', (
                     (s["title"], s["heading"], _marked(s["text"], quotes)) for s in artifact["snippets"])))
         return format_html_join("", "{}", ((part,) for part in shown)) or "—"
+
+    @admin.display(description="trace")
+    def trace(self, run):
+        """The turn's trace as a waterfall drawn from HIL's own rows (spans leave only when OTLP is set up)."""
+        rows = trace_rows(run)
+        total = max(row.start_ms + row.duration_ms for row in rows) or 1
+        trace_id = run.trace_parent.split("-")[1] if run.trace_parent.count("-") == 3 else ""
+        body = format_html_join("", (
+            '<tr><td style="padding-left:{}em;white-space:nowrap"><code>{}</code></td><td>{}</td><td>{}</td>'
+            '<td style="width:35%"><div style="margin-left:{}%;width:{}%;min-width:2px;height:1em;background:{}">'
+            '</div></td><td style="color:{}">{}</td><td>{}</td></tr>'), (
+            (row.depth * 1.5, row.name, row.start_ms, row.duration_ms, _percent(row.start_ms, total),
+             _percent(row.duration_ms, total), "var(--error-fg)" if row.failed else BAR[row.name.split()[0]],
+             "var(--error-fg)" if row.failed else "inherit", f"✗ {row.status}" if row.failed else row.status,
+             " · ".join(row.attributes)) for row in rows))
+        return format_html(
+            '<p>Trace id <code>{}</code>: look it up in Jaeger or Tempo when spans are exported over OTLP.</p>'
+            '<table style="width:100%"><thead><tr><th>span</th><th>start ms</th><th>ms</th><th>{} ms</th>'
+            '<th>status</th><th>attributes</th></tr></thead><tbody>{}</tbody></table>', trace_id or "—", total, body)
 
     def has_add_permission(self, request):
         return False
@@ -173,6 +201,93 @@ class RunEventAdmin(TenantScopedAdmin):
     list_display = ["run", "seq", "type", "ts"]
     list_filter = ["tenant", "type"]
     readonly_fields = [f.name for f in RunEvent._meta.fields]
+
+
+class TraceRow(NamedTuple):
+    name: str  # as core/tracing.py names the span: `invoke_agent classify`, `chat gpt-4o-mini`, ...
+    depth: int
+    start_ms: int  # from the run's creation
+    duration_ms: int
+    status: str
+    failed: bool
+    attributes: list[str]
+
+
+BAR = {"invoke_workflow": "var(--body-quiet-color)", "invoke_agent": "var(--secondary)", "chat": "var(--primary)",
+       "execute_tool": "var(--accent)", "approval": "var(--border-color)", "handover": "var(--border-color)"}
+
+
+def trace_rows(run: Run) -> list[TraceRow]:
+    """The run's trace, from its rows: `invoke_workflow`, then in time order each step attempt (`invoke_agent`) with
+    its model calls (`chat`, matched by node and attempt) and tool calls (`execute_tool`, by node and the attempt
+    running when the call was made) under it, and the waits for humans (approvals, the handover). One query per
+    table however long the run; times in ms from the run's creation."""
+    now = timezone.now()
+
+    def ms(at) -> int:
+        return round((at - run.created_at).total_seconds() * 1000)
+
+    def row(name, depth, start, end, status, failed, *attributes) -> TraceRow:
+        return TraceRow(name, depth, max(ms(start), 0), max(ms(end) - ms(start), 0), status, failed,
+                        [a for a in attributes if a])
+
+    steps = list(run.steps.order_by("started_at", "id"))
+    by_attempt, by_node, under = {}, defaultdict(list), defaultdict(list)
+    for step in steps:
+        by_attempt[step.node_id, step.attempt] = step
+        by_node[step.node_id].append(step)
+    for call in LLMCall.objects.filter(run=run).select_related("endpoint").order_by("created_at", "id"):
+        start = call.created_at - timedelta(milliseconds=call.latency_ms)  # the row is made as the call ends
+        under[by_attempt.get((call.node_id, call.attempt))].append(row(
+            f"chat {call.model}", 2, start, call.created_at, call.outcome, call.outcome != "ok",
+            (call.tokens_in or call.tokens_out) and f"tokens {call.tokens_in} in, {call.tokens_out} out",
+            _usd(call.cost), call.cache and f"cache hit ({call.cache})",
+            call.endpoint and f"endpoint {call.endpoint.name}", _short(call.error)))
+    for call in run.tool_calls.all():
+        # A tool call's row is kept across attempts: it belongs to the last attempt of its node started before it
+        # (or to the first, when the attempt that made it waited for a human and left no step). A call without an
+        # effect is written with its step, so it shows as an instant at the step's end.
+        tried = by_node.get(call.node_id, [])
+        step = next((s for s in reversed(tried) if s.started_at <= call.created_at), tried[0] if tried else None)
+        under[step].append(row(f"execute_tool {call.tool}", 2, call.created_at, call.updated_at, call.status,
+                               call.status in ("failed", "rejected"), _short(call.error)))
+    top = [(row(f"invoke_agent {s.agent}", 1, s.started_at, s.finished_at, s.status, s.status == "failed",
+                f"node {s.node_id}", f"attempt {s.attempt}", _usd(s.cost), _short(s.error)), s) for s in steps]
+    top += [(row(name, 1, start, end or now, status or "waiting", False, end is None and "still open"), None)
+            for name, start, end, status in _waits(run)]
+    top += [(call, None) for call in under.pop(None, [])]  # calls of an attempt that left no step
+    rows = [row(f"invoke_workflow {run.workflow_version.workflow.slug}", 0, run.started_at or run.created_at,
+                run.finished_at or now, run.status, run.status == "failed", _short(run.reason))]
+    for parent, step in sorted(top, key=lambda pair: pair[0].start_ms):
+        rows += [parent, *sorted(under.get(step, []), key=lambda r: r.start_ms)]
+    return rows
+
+
+def _waits(run: Run) -> list[tuple]:
+    """(name, start, end or None, outcome) of each wait for a human: an approval from its request to its decision,
+    the handover from its ticket's opening to its return."""
+    waits = {}
+    for event in run.events.filter(type__in=["approval.requested", "approval.decided", "handover.opened",
+                                             "handover.returned"]).order_by("seq"):
+        key = event.data.get("approval") or event.data.get("ticket")
+        if event.type in ("approval.requested", "handover.opened"):
+            name = f"approval {event.data.get('node', '')}" if event.type == "approval.requested" else "handover"
+            waits[key] = (name, event.ts, None, "")
+        elif key in waits:
+            waits[key] = (*waits[key][:2], event.ts, event.data.get("decision") or "returned")
+    return list(waits.values())
+
+
+def _short(text: str) -> str:
+    return Truncator(text).chars(160) if text else ""
+
+
+def _usd(cost) -> str:
+    return f"${cost.normalize():f}" if cost else ""
+
+
+def _percent(part: int, total: int) -> str:
+    return f"{100 * part / total:.2f}"
 
 
 def _sql_result(result: dict):
