@@ -15,7 +15,8 @@ class Rollup(models.Model):
     """What one workflow version did in one bucket of time (UTC), so that charts and SLOs never read raw runs.
 
     Runs count in the bucket of their `finished_at`, with their steps and tool calls (final once the run
-    ended); model calls in the bucket of their `created_at`; tool refusals in that of their audit row.
+    ended); model calls in the bucket of their `created_at`; tool refusals in that of their audit row;
+    satisfaction ratings in that of their `created_at`, under the workflow version of the run they rate.
     Minute rows are computed from those rows, hour rows from minute rows, day rows from hour rows
     (analytics/rollups.py). Histograms and per-node maps are JSON objects summed key by key when rows
     are merged: `latency_hist` maps a slot of `rollups.LATENCY_BOUNDS_MS` to its number of runs."""
@@ -44,6 +45,10 @@ class Rollup(models.Model):
     tool_calls = models.PositiveIntegerField(default=0, help_text="Tool calls made or waiting for a human.")
     tool_failures = models.PositiveIntegerField(default=0)
     tool_refusals = models.PositiveIntegerField(default=0, help_text="Tool calls refused, by code or by a human.")
+    revenue = models.DecimalField(**COST, default=0, help_text="USD the runs recorded as revenue (spec `kpis:`).")
+    csat_responses = models.PositiveIntegerField(default=0, help_text="Satisfaction ratings received.")
+    csat_score_sum = models.PositiveIntegerField(default=0, help_text="Their scores (1-5) added up.")
+    csat_satisfied = models.PositiveIntegerField(default=0, help_text="Ratings of 4 or 5.")
     node_steps = models.JSONField(default=dict, help_text="Steps (attempts) per node.")
     node_failures = models.JSONField(default=dict, help_text="Failed steps per node.")
     node_ms = models.JSONField(default=dict, help_text="Total step duration per node, ms.")
@@ -144,3 +149,22 @@ class WorkflowKpi(models.Model):
 
     def __str__(self):
         return f"{self.workflow}: {self.human_handling_minutes:g} min"
+
+
+class Satisfaction(models.Model):
+    """A customer's rating of a conversation (CSAT, 1 to 5), posted by an integration; one per conversation.
+    It rates the conversation's last run that had ended when it was posted."""
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    conversation = models.OneToOneField("workflows.Conversation", on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey("workflows.Run", on_delete=models.CASCADE, related_name="+")
+    score = models.PositiveSmallIntegerField()
+    comment = models.TextField(blank=True, max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(score__gte=1, score__lte=5), name="satisfaction_score")]
+        indexes = [models.Index(fields=["created_at"], name="satisfaction_time")]
+
+    def __str__(self):
+        return f"{self.conversation_id}: {self.score}"

@@ -17,6 +17,7 @@ import math
 import time
 from bisect import bisect_right
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -26,7 +27,7 @@ from agents.models import LLMCall
 from tools.models import ToolCall
 from workflows.models import Run, Step, WorkflowVersion
 
-from .models import Period, Rollup, Watermark
+from .models import Period, Rollup, Satisfaction, Watermark, WorkflowKpi
 
 LATENCY_BOUNDS_MS = tuple(round(10 ** (i / 20)) for i in range(20, 161))  # 10 ms to 10^8 ms (28 h)
 LAG = timedelta(minutes=5)  # model calls of steps that run longer than this before committing are missed
@@ -38,18 +39,19 @@ UNITS = {Period.MINUTE: timedelta(minutes=1), Period.HOUR: timedelta(hours=1), P
 
 COUNTS = ["runs", "finished", "handover", "failed", "cancelled", "cost", "llm_calls", "llm_failures",
           "llm_tokens_in", "llm_tokens_out", "llm_cost", "llm_cache_hits", "llm_saved_cost", "tool_calls",
-          "tool_failures", "tool_refusals"]
+          "tool_failures", "tool_refusals", "revenue", "csat_responses", "csat_score_sum", "csat_satisfied"]
 MAPS = ["latency_hist", "node_steps", "node_failures", "node_ms", "failure_reasons"]
 KEY = ["tenant_id", "workflow_id", "workflow_version_id", "bucket"]
 _T = {"run": Run._meta.db_table, "version": WorkflowVersion._meta.db_table, "step": Step._meta.db_table,
       "tool_call": ToolCall._meta.db_table, "llm_call": LLMCall._meta.db_table, "audit": AuditEntry._meta.db_table,
-      "tenant": Tenant._meta.db_table, "rollup": Rollup._meta.db_table}
+      "tenant": Tenant._meta.db_table, "rollup": Rollup._meta.db_table, "satisfaction": Satisfaction._meta.db_table,
+      "kpi": WorkflowKpi._meta.db_table}
 
 # Every source grouped by KEY over the minute buckets of [start, end), then joined into one row per key.
 _MINUTES_SQL = """
 WITH run AS MATERIALIZED (
   SELECT r.id, r.tenant_id, v.workflow_id, r.workflow_version_id, date_trunc('minute', r.finished_at, 'UTC') AS bucket,
-         r.status, r.sink, r.cost, extract(epoch FROM r.finished_at - r.created_at) * 1000 AS ms
+         r.status, r.sink, r.cost, r.revenue, extract(epoch FROM r.finished_at - r.created_at) * 1000 AS ms
   FROM {run} r JOIN {version} v ON v.id = r.workflow_version_id
   WHERE r.finished_at >= %(start)s AND r.finished_at < %(end)s
 ), runs AS (
@@ -57,7 +59,7 @@ WITH run AS MATERIALIZED (
          count(*) FILTER (WHERE status = 'done' AND sink = 'FINISH') AS finished,
          count(*) FILTER (WHERE status = 'done' AND sink = 'HANDOVER') AS handover,
          count(*) FILTER (WHERE status = 'failed') AS failed,
-         count(*) FILTER (WHERE status = 'cancelled') AS cancelled, sum(cost) AS cost
+         count(*) FILTER (WHERE status = 'cancelled') AS cancelled, sum(cost) AS cost, sum(revenue) AS revenue
   FROM run GROUP BY 1, 2, 3, 4
 ), latency AS (
   SELECT tenant_id, workflow_id, workflow_version_id, bucket, jsonb_object_agg(slot, n) AS latency_hist
@@ -105,16 +107,24 @@ WITH run AS MATERIALIZED (
          count(*) AS tool_refusals
   FROM refused a JOIN {run} r ON r.id = a.run_id JOIN {version} v ON v.id = r.workflow_version_id
   GROUP BY 1, 2, 3, 4
+), csat AS (
+  SELECT s.tenant_id, v.workflow_id, r.workflow_version_id, date_trunc('minute', s.created_at, 'UTC') AS bucket,
+         count(*) AS csat_responses, sum(s.score) AS csat_score_sum,
+         count(*) FILTER (WHERE s.score >= 4) AS csat_satisfied
+  FROM {satisfaction} s JOIN {run} r ON r.id = s.run_id JOIN {version} v ON v.id = r.workflow_version_id
+  WHERE s.created_at >= %(start)s AND s.created_at < %(end)s
+  GROUP BY 1, 2, 3, 4
 ), keys AS (
   SELECT tenant_id, workflow_id, workflow_version_id, bucket FROM runs
   UNION SELECT tenant_id, workflow_id, workflow_version_id, bucket FROM llm
   UNION SELECT tenant_id, workflow_id, workflow_version_id, bucket FROM refusals
+  UNION SELECT tenant_id, workflow_id, workflow_version_id, bucket FROM csat
 )
 INSERT INTO {rollup} (tenant_id, workflow_id, workflow_version_id, bucket, period, {counts}, {maps})
 SELECT keys.*, 'minute', {counts_or_zero}, {maps_or_empty}
 FROM keys LEFT JOIN runs USING ({key}) LEFT JOIN latency USING ({key}) LEFT JOIN nodes USING ({key})
      LEFT JOIN reasons USING ({key}) LEFT JOIN tools USING ({key}) LEFT JOIN llm USING ({key})
-     LEFT JOIN refusals USING ({key})
+     LEFT JOIN refusals USING ({key}) LEFT JOIN csat USING ({key})
 """.format(**_T, key=", ".join(KEY), counts=", ".join(COUNTS), maps=", ".join(MAPS),
            counts_or_zero=", ".join(f"coalesce({c}, 0)" for c in COUNTS),
            maps_or_empty=", ".join(f"coalesce({m}, '{{}}')" for m in MAPS))
@@ -134,7 +144,7 @@ def rollup(*, now: datetime | None = None, deadline: float | None = None) -> boo
     """Bring the rollups up to `now`, a chunk at a time. True once caught up; False when past `deadline`
     (time.monotonic()) first, or when another rollup holds the lock (it covers the same minutes)."""
     now = now or timezone.now()
-    end = _floor(now, Period.MINUTE) + UNITS[Period.MINUTE]
+    end = floor(now, Period.MINUTE) + UNITS[Period.MINUTE]
     start = _window_start(now)
     while start < end:
         if deadline is not None and time.monotonic() > deadline:
@@ -152,7 +162,7 @@ def _window_start(now: datetime) -> datetime:
     if watermark is None:
         watermark = Run.objects.filter(finished_at__isnull=False).order_by("finished_at").values_list(
             "finished_at", flat=True).first() or now
-    return _floor(min(watermark, now - LAG), Period.MINUTE)
+    return floor(min(watermark, now - LAG), Period.MINUTE)
 
 
 def _rollup_chunk(start: datetime, end: datetime, now: datetime) -> bool:
@@ -165,7 +175,7 @@ def _rollup_chunk(start: datetime, end: datetime, now: datetime) -> bool:
         _replace(cursor, Period.MINUTE, start, end, _MINUTES_SQL, {"bounds": list(LATENCY_BOUNDS_MS)})
         outer_start, outer_end = start, end
         for finer, period in ((Period.MINUTE, Period.HOUR), (Period.HOUR, Period.DAY)):
-            outer_start, outer_end = _floor(outer_start, period), _ceil(outer_end, period)
+            outer_start, outer_end = floor(outer_start, period), ceil(outer_end, period)
             _replace(cursor, period, outer_start, outer_end, _MERGE_SQL, {"period": period, "finer": finer})
         Watermark.objects.update_or_create(name=WATERMARK, defaults={"until": min(end, now - LAG)})
     return True
@@ -177,7 +187,7 @@ def _replace(cursor, period: str, start: datetime, end: datetime, sql: str, para
     cursor.execute(sql, {**params, "start": start, "end": end, "top": TOP_REASONS})
 
 
-def _floor(moment: datetime, period: str) -> datetime:
+def floor(moment: datetime, period: str) -> datetime:
     moment = moment.astimezone(UTC)
     if period == Period.DAY:
         return moment.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -186,9 +196,9 @@ def _floor(moment: datetime, period: str) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
-def _ceil(moment: datetime, period: str) -> datetime:
-    floor = _floor(moment, period)
-    return floor if floor == moment else floor + UNITS[period]
+def ceil(moment: datetime, period: str) -> datetime:
+    floored = floor(moment, period)
+    return floored if floored == moment else floored + UNITS[period]
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
@@ -218,37 +228,50 @@ def slower_than(hist: dict, threshold_ms: float) -> int:
     return sum(n for slot, n in hist.items() if int(slot) >= first)
 
 
-def series(*, tenant_id: int, period: str, start: datetime, end: datetime, workflow_id: int | None = None,
+def series(*, tenant_ids: list[int], period: str, start: datetime, end: datetime, workflow_id: int | None = None,
            version_id: int | None = None) -> list[dict]:
-    """Per bucket of `period` in [start, end), the tenant's metrics (of one workflow or version if given)."""
-    return [_metrics(row) for row in _merged(tenant_id, period, start, end, workflow_id, version_id, by_bucket=True)]
+    """Per bucket of `period` in [start, end), the tenants' metrics (of one workflow or version if given)."""
+    return [metrics(row) for row in merged(tenant_ids=tenant_ids, period=period, start=start, end=end,
+                                           workflow_id=workflow_id, version_id=version_id, by=("bucket",))]
 
 
-def totals(*, tenant_id: int, period: str, start: datetime, end: datetime, workflow_id: int | None = None,
+def totals(*, tenant_ids: list[int], period: str, start: datetime, end: datetime, workflow_id: int | None = None,
            version_id: int | None = None) -> dict:
     """The metrics of [start, end) as one, read from the rows of `period` (whole buckets), with the top failure
     reasons and the slowest nodes (by mean step duration)."""
-    rows = _merged(tenant_id, period, start, end, workflow_id, version_id, by_bucket=False)
-    row = rows[0] if rows else {c: 0 for c in COUNTS} | {m: {} for m in MAPS}
+    rows = merged(tenant_ids=tenant_ids, period=period, start=start, end=end, workflow_id=workflow_id,
+                  version_id=version_id)
+    row = rows[0] if rows else {c: 0 for c in COUNTS} | {m: {} for m in MAPS} | dict.fromkeys(VALUED)
     slowest = sorted(((node, ms / row["node_steps"][node]) for node, ms in row["node_ms"].items()),
                      key=lambda pair: -pair[1])
     reasons = sorted(row["failure_reasons"].items(), key=lambda pair: (-pair[1], pair[0]))[:TOP_REASONS]
-    return {**_metrics(row), "failure_reasons": reasons, "slowest_nodes": [(n, round(ms)) for n, ms in slowest],
+    return {**metrics(row), "failure_reasons": reasons, "slowest_nodes": [(n, round(ms)) for n, ms in slowest],
             "node_failures": row["node_failures"]}
 
 
-def _merged(tenant_id, period, start, end, workflow_id, version_id, *, by_bucket: bool) -> list[dict]:
-    where, params = ["tenant_id = %s", "period = %s", "bucket >= %s", "bucket < %s"], [tenant_id, period, start, end]
-    if workflow_id is not None:
-        where.append("workflow_id = %s")
-        params.append(workflow_id)
-    if version_id is not None:
-        where.append("workflow_version_id = %s")
-        params.append(version_id)
-    group = "GROUP BY bucket ORDER BY bucket" if by_bucket else ""
-    sql = (f"SELECT {'bucket' if by_bucket else 'NULL'} AS bucket, {', '.join(f'sum({c}) AS {c}' for c in COUNTS)}, "
-           f"{', '.join(f'analytics_jsonb_sum({m}) AS {m}' for m in MAPS)} "
-           f"FROM {_T['rollup']} WHERE {' AND '.join(where)} {group}")
+# What the runs the AI resolved would have cost in human time, for the workflows an operator valued (WorkflowKpi).
+VALUED = {"minutes_saved": "sum(r.finished * k.human_handling_minutes)",
+          "human_cost": "sum((r.finished * k.human_handling_minutes)::numeric / 60 * k.human_hourly_cost_usd)",
+          "valued_cost": "sum(r.cost) FILTER (WHERE k.id IS NOT NULL)"}
+
+
+def merged(*, tenant_ids: list[int], period: str, start: datetime, end: datetime, workflow_id: int | None = None,
+           version_id: int | None = None, by: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of `period` in [start, end) summed per value of the `by` columns (KEY's), in their order:
+    counts, merged maps and VALUED. One row, or none, without `by`."""
+    where, params = ["r.tenant_id = ANY(%s)", "r.period = %s", "r.bucket >= %s", "r.bucket < %s"], [
+        list(tenant_ids), period, start, end]
+    for column, value in (("workflow_id", workflow_id), ("workflow_version_id", version_id)):
+        if value is not None:
+            where.append(f"r.{column} = %s")
+            params.append(value)
+    assert set(by) <= set(KEY)
+    keys = ", ".join(f"r.{c}" for c in by)
+    sql = (f"SELECT {keys + ', ' if by else ''}{', '.join(f'sum(r.{c}) AS {c}' for c in COUNTS)}, "
+           f"{', '.join(f'analytics_jsonb_sum(r.{m}) AS {m}' for m in MAPS)}, "
+           f"{', '.join(f'{sql} AS {name}' for name, sql in VALUED.items())} "
+           f"FROM {_T['rollup']} r LEFT JOIN {_T['kpi']} k ON k.workflow_id = r.workflow_id "
+           f"WHERE {' AND '.join(where)} {f'GROUP BY {keys} ORDER BY {keys}' if by else ''}")
     return [row for row in fetch(sql, params) if row["runs"] is not None]
 
 
@@ -263,15 +286,24 @@ def fetch(sql: str, params) -> list[dict]:
     return rows
 
 
-def _metrics(row: dict) -> dict:
-    """The figures a chart shows, from summed counts: rates are of runs that ended (cancelled ones aside)."""
+def metrics(row: dict) -> dict:
+    """The figures a chart shows, from summed counts: rates are of runs that ended (cancelled ones aside).
+    The KPIs: requests resolved without a human are runs that ended in FINISH; the time and cost that saved are
+    None until an operator sets what a human costs for one of the workflows (WorkflowKpi)."""
     ended = row["runs"] - row["cancelled"]
+    rated = row["csat_responses"]
     return {
-        "bucket": row["bucket"], "runs": row["runs"], "finished": row["finished"], "handover": row["handover"],
-        "failed": row["failed"], "cancelled": row["cancelled"],
+        **{c: row[c] for c in KEY if c in row}, "runs": row["runs"], "finished": row["finished"],
+        "handover": row["handover"], "failed": row["failed"], "cancelled": row["cancelled"],
         "success_rate": (ended - row["failed"]) / ended if ended else None,
         "handover_rate": row["handover"] / ended if ended else None,
         "p50_ms": percentile(row["latency_hist"], 0.5), "p95_ms": percentile(row["latency_hist"], 0.95),
         "cost": row["cost"], "cost_per_run": row["cost"] / row["runs"] if row["runs"] else None,
         **{c: row[c] for c in COUNTS if c.startswith(("llm_", "tool_"))},
+        "revenue": row["revenue"], "csat_responses": rated,
+        "csat_score": row["csat_score_sum"] / rated if rated else None,
+        "csat_satisfied_rate": row["csat_satisfied"] / rated if rated else None,
+        "minutes_saved": row["minutes_saved"],
+        "cost_saved": None if row["human_cost"] is None else
+        (row["human_cost"] - row["valued_cost"]).quantize(Decimal("0.01")),
     }

@@ -16,6 +16,7 @@ api = [
     path("conversations/<uuid:pk>/", workflows_api.ConversationDetailApi.as_view()),
     path("conversations/<uuid:pk>/messages/", workflows_api.MessageListApi.as_view()),
     path("conversations/<uuid:pk>/take-over/", approvals_api.ConversationTakeOverApi.as_view()),
+    path("conversations/<uuid:pk>/satisfaction/", analytics_api.SatisfactionApi.as_view()),
     path("runs/<uuid:pk>/", workflows_api.RunDetailApi.as_view()),
     path("runs/<uuid:pk>/cancel/", workflows_api.RunCancelApi.as_view()),
     path("runs/<uuid:pk>/retry/", workflows_api.RunRetryApi.as_view()),
@@ -59,6 +60,7 @@ api = [
     path("model-profiles/", agents_api.ProfileListApi.as_view()),
     path("model-profiles/<str:name>/", agents_api.ProfileDetailApi.as_view()),
     path("llm-calls/", agents_api.LLMCallListApi.as_view()),
+    path("analytics/", analytics_api.AnalyticsApi.as_view()),
 ]
 
 urlpatterns = [

@@ -413,7 +413,7 @@ def _sink_reach(run: Run, lease: str, *, last_step: _Commit | None = None, reply
                 end = _handover(ending, owner)
             else:
                 end = _finish(ending, owner, reply if isinstance(reply, str) else _reply_of(run))
-            return _run_end(run, lease, last_step + end)
+            return _run_end(run, lease, last_step + end + _revenue(run, ending.state))
     except (LeaseLost, *TRANSIENT):
         raise
     except Exception as e:
@@ -444,6 +444,19 @@ def _finish(run: Run, owner: str, reply: str | None) -> _Commit:
         reason = "a human took the conversation over; the reply is kept as a suggestion for them"
     return _Commit({"status": Run.Status.DONE, "sink": workflow_spec.FINISH, "reason": reason}, rows,
                    [("run.finished", data)])
+
+
+def _revenue(run: Run, state: dict) -> _Commit:
+    """The revenue the run recorded where its spec's `kpis: {revenue: ...}` says, if that is a number."""
+    expression = version_get(run.workflow_version_id).spec.get("kpis", {}).get("revenue")
+    value = evaluate(expression, state) if expression else None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return _Commit()
+    try:
+        revenue = Decimal(str(value)).quantize(Decimal("0.000001"))
+    except ArithmeticError:  # not a number, or too many digits
+        return _Commit()
+    return _Commit({"revenue": revenue}) if revenue.is_finite() and abs(revenue) < 10**10 else _Commit()
 
 
 def _handover(run: Run, owner: str) -> _Commit:

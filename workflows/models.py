@@ -125,6 +125,8 @@ class Run(models.Model):
     claims = models.PositiveIntegerField(default=0, help_text="Workers that took the run on since it last made progress.")
     state = models.JSONField(default=dict, blank=True)
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    revenue = models.DecimalField(max_digits=16, decimal_places=6, null=True, blank=True, help_text=(
+        "What the run earned, USD, where its workflow's spec says it records it (`kpis: {revenue: ...}`)."))
     last_seq = models.PositiveIntegerField(default=0, help_text="Sequence number of the last event.")
     lease_owner = models.CharField(max_length=32, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)

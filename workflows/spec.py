@@ -19,6 +19,8 @@ finished node holding its output. Every node has exactly one default edge. A top
 `limits: {max_cost: 0.05}` is the run's budget in USD: what all its model calls together may cost.
 A top-level `slos:` states the workflow's service level objectives, which analytics watches with burn-rate
 alerts: `{success_rate: 0.95, p95_latency_ms: 8000, cost_per_request_usd: 0.05, handover_rate: 0.3}`.
+A top-level `kpis: {revenue: "order.total"}` says where a run records the revenue it made: a JMESPath
+expression over the run state, read when the run ends (a number; anything else counts as none).
 """
 
 import jsonschema
@@ -55,6 +57,8 @@ SCHEMA = {
         "limits": {"type": "object", "additionalProperties": False,
                    "properties": {"max_cost": {"type": ["number", "null"], "minimum": 0}}},
         "slos": {"type": "object", "propertyNames": {"enum": list(SLO_SCHEMA)}, "properties": SLO_SCHEMA},
+        "kpis": {"type": "object", "additionalProperties": False,
+                 "properties": {"revenue": {"type": "string", "maxLength": 500}}},
         "nodes": {
             "type": "array",
             "minItems": 1,
@@ -147,6 +151,8 @@ def validate(data) -> list[str]:
             errors += _approval_config_errors(nid, node.get("config", {}))
     if data["entry"] not in nodes:
         errors.append(f"entry '{data['entry']}' is not a node")
+    if "revenue" in data.get("kpis", {}):
+        errors += _expression_errors("kpis: revenue", data["kpis"]["revenue"])
 
     successors: dict[str, set[str]] = {nid: set() for nid in nodes}
     defaults: dict[str, int] = {nid: 0 for nid in nodes}

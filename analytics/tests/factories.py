@@ -9,6 +9,7 @@ from django.db import connection
 
 from accounts.models import AuditEntry
 from agents.models import LLMCall
+from analytics.models import Satisfaction
 from tools.models import ToolCall
 from workflows.models import Conversation, Run, Step, Workflow, WorkflowVersion
 
@@ -26,15 +27,18 @@ def versions(tenant, slug: str, count: int = 2) -> list[WorkflowVersion]:
 
 def runs(version: WorkflowVersion, ends: list[datetime], *, rng: random.Random, outcomes=OUTCOMES,
          ms: tuple[int, int] = (10, 316_228), details: bool = True) -> list[Run]:
-    """Runs of `version` that ended at `ends`, of random outcome and a duration log-uniform in `ms`, each
-    (with `details`) with steps, model calls, tool calls and tool refusals around its end."""
-    conversation = Conversation.objects.create(tenant_id=version.tenant_id, workflow_id=version.workflow_id)
+    """Runs of `version` that ended at `ends`, each in a conversation of its own, of random outcome and a duration
+    log-uniform in `ms`, some with revenue, each (with `details`) with steps, model calls, tool calls and tool
+    refusals around its end, and for some a satisfaction rating after it."""
+    conversations = Conversation.objects.bulk_create([
+        Conversation(tenant_id=version.tenant_id, workflow_id=version.workflow_id) for _ in ends])
     made = []
-    for end in ends:
+    for end, conversation in zip(ends, conversations):
         status, sink = rng.choice(outcomes)
         made.append(Run(tenant_id=version.tenant_id, conversation=conversation, workflow_version=version,
                         status=status, sink=sink, current_node=sink or "classify", finished_at=end,
-                        cost=Decimal(rng.randrange(0, 50_000)) / 1_000_000))
+                        cost=Decimal(rng.randrange(0, 50_000)) / 1_000_000,
+                        revenue=Decimal(rng.randrange(0, 90_000)) / 100 if rng.random() < 0.3 else None))
     Run.objects.bulk_create(made)
     low, high = math.log10(ms[0]), math.log10(ms[1])
     durations = [timedelta(milliseconds=round(10 ** rng.uniform(low, high))) for _ in made]
@@ -47,7 +51,7 @@ def runs(version: WorkflowVersion, ends: list[datetime], *, rng: random.Random, 
 
 
 def _details(made: list[Run], rng: random.Random) -> None:
-    steps, calls, tool_calls, refusals = [], [], [], []
+    steps, calls, tool_calls, refusals, ratings = [], [], [], [], []
     for run in made:
         for attempt, node in enumerate(rng.sample(NODES, rng.randint(1, 3)), start=1):
             failed = rng.random() < 0.2
@@ -72,13 +76,18 @@ def _details(made: list[Run], rng: random.Random) -> None:
         if rng.random() < 0.3:
             refusals.append((AuditEntry(tenant_id=run.tenant_id, action="tool.refused", object_type="workflows.Run",
                                         object_id=str(run.id)), run.finished_at - timedelta(seconds=1)))
+        if rng.random() < 0.2:
+            ratings.append((Satisfaction(tenant_id=run.tenant_id, conversation_id=run.conversation_id, run=run,
+                                         score=rng.randint(1, 5)), run.finished_at + timedelta(seconds=30)))
     Step.objects.bulk_create(steps)
     LLMCall.objects.bulk_create(calls)
     ToolCall.objects.bulk_create(tool_calls)
     AuditEntry.objects.bulk_create([entry for entry, _ in refusals])
-    _set_times(AuditEntry, [(at, entry.pk) for entry, at in refusals])
-    for entry, at in refusals:
-        entry.created_at = at
+    Satisfaction.objects.bulk_create([rating for rating, _ in ratings])
+    for model, rows in ((AuditEntry, refusals), (Satisfaction, ratings)):
+        _set_times(model, [(at, row.pk) for row, at in rows])
+        for row, at in rows:
+            row.created_at = at
 
 
 def _set_times(model, pairs: list[tuple[datetime, object]]) -> None:

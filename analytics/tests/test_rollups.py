@@ -13,7 +13,7 @@ from django.db.models import F
 from accounts.models import AuditEntry
 from agents.models import LLMCall
 from analytics import rollups
-from analytics.models import Period, Rollup, Watermark
+from analytics.models import Period, Rollup, Satisfaction, Watermark
 from analytics.rollups import COUNTS, LATENCY_BOUNDS_MS, MAPS
 from tools.models import ToolCall
 from workflows.models import Run, Step
@@ -61,6 +61,7 @@ def brute_force() -> dict:
         for row in add(run, run.finished_at):
             row["runs"] += 1
             row["cost"] += run.cost
+            row["revenue"] += run.revenue or 0
             row[{"done": "finished" if run.sink == "FINISH" else "handover"}.get(run.status, run.status)] += 1
             if run.status != Run.Status.CANCELLED:
                 ms = (run.finished_at - run.created_at) / timedelta(milliseconds=1)
@@ -85,6 +86,11 @@ def brute_force() -> dict:
             row["llm_cost"] += call.cost
             row["llm_cache_hits"] += call.cache != ""
             row["llm_saved_cost"] += call.saved_cost
+    for rating in Satisfaction.objects.select_related("run__workflow_version"):
+        for row in add(rating.run, rating.created_at):
+            row["csat_responses"] += 1
+            row["csat_score_sum"] += rating.score
+            row["csat_satisfied"] += rating.score >= 4
     for entry in AuditEntry.objects.filter(action="tool.refused"):
         for row in add(ended[uuid.UUID(entry.object_id)], entry.created_at):
             row["tool_refusals"] += 1
@@ -110,7 +116,7 @@ def test_percentiles_of_merged_rows_are_those_of_the_raw_durations_in_their_slot
     rollups.rollup(now=NOW)
 
     start = NOW - timedelta(hours=4)
-    for point in rollups.series(tenant_id=tenant.id, period=Period.HOUR, start=start, end=NOW):
+    for point in rollups.series(tenant_ids=[tenant.id], period=Period.HOUR, start=start, end=NOW):
         ends = Run.objects.filter(tenant=tenant, finished_at__gte=point["bucket"],
                                   finished_at__lt=point["bucket"] + timedelta(hours=1))
         durations = sorted((r.finished_at - r.created_at) / timedelta(milliseconds=1)
@@ -128,7 +134,7 @@ def test_a_tenant_sees_only_its_own_runs(tenant, other_tenant, traffic):
     rollups.rollup(now=NOW)
 
     for owner in (tenant, other_tenant):
-        total = rollups.totals(tenant_id=owner.id, period=Period.DAY, start=NOW - timedelta(days=2), end=NOW)
+        total = rollups.totals(tenant_ids=[owner.id], period=Period.DAY, start=NOW - timedelta(days=2), end=NOW)
         assert total["runs"] == Run.objects.filter(tenant=owner, finished_at__isnull=False).count() == 1600
     assert not Rollup.objects.exclude(tenant_id=F("workflow_version__tenant_id")).exists()
 
@@ -136,7 +142,7 @@ def test_a_tenant_sees_only_its_own_runs(tenant, other_tenant, traffic):
 def test_totals_name_the_top_failure_reasons_and_the_slowest_nodes(tenant, traffic):
     rollups.rollup(now=NOW)
 
-    total = rollups.totals(tenant_id=tenant.id, period=Period.DAY, start=NOW - timedelta(days=2), end=NOW)
+    total = rollups.totals(tenant_ids=[tenant.id], period=Period.DAY, start=NOW - timedelta(days=2), end=NOW)
     failed = Step.objects.filter(tenant=tenant, status="failed", run__finished_at__isnull=False)
     top = Counter(f"{s.node_id}: {s.error}" for s in failed).most_common(1)[0]
     assert total["failure_reasons"][0] == top

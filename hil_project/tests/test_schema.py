@@ -48,7 +48,7 @@ def test_the_schema_lists_every_api_path(openapi):
     assert openapi["openapi"].startswith("3.") and openapi["info"]["title"] == "HIL API"
     routed = {path_shape("/api/v1/" + str(p.pattern)) for p in urls.api} | {"/metrics"}
     assert {path_shape(p) for p in openapi["paths"]} == routed
-    assert len(routed) == 48
+    assert len(routed) == 50
 
 
 def test_the_schema_is_served_as_yaml_by_default():
