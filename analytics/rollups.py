@@ -30,6 +30,7 @@ from workflows.models import Run, Step, WorkflowVersion
 from .models import Period, Rollup, Satisfaction, Watermark, WorkflowKpi
 
 LATENCY_BOUNDS_MS = tuple(round(10 ** (i / 20)) for i in range(20, 161))  # 10 ms to 10^8 ms (28 h)
+MINUTES_KEPT = timedelta(days=8)  # minute rows serve the 1h and 6h charts and the SLO windows; hours and days stay
 LAG = timedelta(minutes=5)  # model calls of steps that run longer than this before committing are missed
 CHUNK = timedelta(hours=1)  # catching up, one transaction per hour of minutes
 TOP_REASONS = 20  # failure reasons kept per row
@@ -154,6 +155,11 @@ def rollup(*, now: datetime | None = None, deadline: float | None = None) -> boo
             return False
         start = upto
     return True
+
+
+def prune(*, now: datetime | None = None) -> int:
+    """Delete the minute rows older than MINUTES_KEPT (their hours and days are kept); how many went."""
+    return Rollup.objects.filter(period=Period.MINUTE, bucket__lt=(now or timezone.now()) - MINUTES_KEPT).delete()[0]
 
 
 def _window_start(now: datetime) -> datetime:

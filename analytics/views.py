@@ -91,8 +91,8 @@ def _charts(data: dict) -> list:
         return charts.plot(labels, series, title=title, **options)
 
     shown = [
-        lines("Runs", {"ended": values("runs"), "resolved by AI": values("finished"),
-                       "handed over": values("handover"), "failed": values("failed")}),
+        lines("Runs", {"ended": values("runs"), "handed over": values("handover"), "failed": values("failed"),
+                       "resolved by AI": values("finished")}),
         lines("Success and handover (intervention) rate, %", {"success": values("success_rate", 100),
                                                               "handover": values("handover_rate", 100)}),
         lines("Latency, ms", {"p50": values("p50_ms"), "p95": values("p95_ms")}),

@@ -61,7 +61,7 @@ def plot(labels: list[str], series: dict[str, list[float | None]], *, kind: str 
     step = plot_w / max(len(labels), 1)
 
     def y(value: float) -> float:
-        return base - (base - 22) * max(value, 0) / top
+        return base - (base - 40) * max(value, 0) / top
 
     def x(i: int) -> float:
         return left + (i + 0.5) * step
@@ -75,8 +75,8 @@ def plot(labels: list[str], series: dict[str, list[float | None]], *, kind: str 
     else:
         marks = format_html_join("", "{}", ((_line(points, COLORS[n % len(COLORS)], x, y),)
                                             for n, points in enumerate(series.values())))
-    legend = format_html_join("", '<rect x="{}" y="4" width="9" height="9" fill="{}"></rect>'
-                                  '<text x="{}" y="12">{}</text>', (
+    legend = format_html_join("", '<rect x="{}" y="20" width="9" height="9" fill="{}"></rect>'
+                                  '<text x="{}" y="28">{}</text>', (
         (left + 110 * n, COLORS[n % len(COLORS)], left + 110 * n + 12, name[:16])
         for n, name in enumerate(series))) if len(series) > 1 else ""
     if rule is not None:
@@ -87,9 +87,10 @@ def plot(labels: list[str], series: dict[str, list[float | None]], *, kind: str 
         (_f(x(i)), base + 16, label[:12]) for i, label in enumerate(labels) if i % every == 0))
     return format_html(
         '<svg class="chart {}" role="img" viewBox="0 0 {} {}" width="{}" height="{}" font-size="11" '
-        'font-family="sans-serif"><title>{}</title><text x="{}" y="26" text-anchor="end">{}</text>'
+        'font-family="sans-serif"><title>{}</title><text x="4" y="12" font-weight="bold">{}</text>'
+        '<text x="{}" y="44" text-anchor="end">{}</text>'
         '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"></line>{}{}{}</svg>',
-        kind, width, height, width, height, title, left - 4, _short(top), left, base, width - 10, base, marks,
+        kind, width, height, width, height, title, title, left - 4, _short(top), left, base, width - 10, base, marks,
         legend, ticks)
 
 

@@ -197,3 +197,17 @@ def test_a_rollup_waits_for_none_while_another_holds_the_lock(traffic):
         assert rollups.rollup(now=NOW) is False
     assert not Rollup.objects.exists()
     assert rollups.rollup(now=NOW)
+
+
+def test_minute_rows_are_pruned_after_eight_days_and_their_hours_and_days_kept(traffic):
+    rollups.rollup(now=NOW)
+    before = stored()
+
+    assert rollups.prune(now=NOW + timedelta(days=8, hours=-3, minutes=-5)) == 0  # the traffic's first minute
+    gone = rollups.prune(now=NOW + timedelta(days=8, hours=-1))  # is not yet 8 days old; its first two hours are
+
+    after = stored()
+    assert gone == sum(p == "minute" for *_, p, _ in before) - sum(p == "minute" for *_, p, _ in after) > 0
+    oldest = min(b for *_, p, b in after if p == "minute")
+    assert NOW - timedelta(hours=1) <= oldest < NOW - timedelta(minutes=59)  # those before the cut went, no more
+    assert {k: v for k, v in before.items() if k[3] != "minute"} == {k: v for k, v in after.items() if k[3] != "minute"}

@@ -18,7 +18,7 @@ from approvals.tests.test_approvals import GATE
 from workflows import services
 from tools.knowledge import knowledge_search, knowledge_source_create
 from tools.models import Document
-from workflows.models import Message
+from workflows.models import Message, Workflow
 from workflows.tests.conftest import daphne, start_worker, wait  # noqa: F401  (fixtures)
 from workflows.tests.specs import HANDS
 
@@ -244,3 +244,41 @@ def test_an_operator_uploads_documents_and_watches_them_ingested(console, tenant
     expect(olga.locator("#toast.error")).to_contain_text("notes.exe")
     expect(olga.locator("#docs tr")).to_have_count(1)
     assert Document.objects.filter(source=source).count() == 1
+
+
+def test_a_team_lead_reads_the_dashboard_with_the_keyboard(console, tenant):
+    import random
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from analytics import rollups
+    from analytics.tests.factories import runs, versions
+
+    now, rng = timezone.now(), random.Random(4)
+    support, = versions(tenant, "support", 1)
+    sales, = versions(tenant, "sales", 1)
+    for version in (support, sales):  # live, as the console lists only those
+        Workflow.objects.filter(pk=version.workflow_id).update(live_version=version)
+    made = runs(support, [now - timedelta(minutes=3 + m) for m in range(30)], rng=rng, ms=(200, 4000))
+    runs(sales, [now - timedelta(minutes=5 + m) for m in range(12)], rng=rng, ms=(200, 4000))
+    rollups.rollup(now=now)
+    lead = console("lena", Role.VIEWER)
+
+    lead.keyboard.press("5")
+    expect(lead.locator("#list .row")).to_have_count(3)  # the tenant as a whole, then each live workflow
+    lead.keyboard.press("Enter")
+    expect(lead.locator(".dashboard h2")).to_have_text("All workflows")
+    expect(lead.locator(".tile", has_text="Runs")).to_have_text("Runs42")
+    expect(lead.locator(".dashboard svg.chart")).to_have_count(5)
+    lead.keyboard.press("[")
+    expect(lead.locator(".ranges .on")).to_have_text("6h")
+    assert lead.locator(".dashboard svg.chart polyline").count() >= 4
+    shot(lead, "dashboard")
+
+    lead.keyboard.press("j")
+    lead.keyboard.press("j")
+    lead.keyboard.press("Enter")  # sorted by slug: sales, support
+    expect(lead.locator(".dashboard h2")).to_have_text("support")
+    expect(lead.locator(".tile", has_text="Runs")).to_have_text(f"Runs{len(made)}")
+    expect(lead.locator(".ranges .on")).to_have_text("6h")  # the range chosen stays

@@ -11,6 +11,7 @@ from accounts.models import Role, Tenant
 from accounts.services import api_token_create, membership_set, totp_demo_device, totp_secret, user_ensure
 from agents.models import ModelEndpoint
 from agents.services import MODEL_FIELDS, endpoint_save, profile_save
+from analytics.models import WorkflowKpi
 from approvals.models import CannedReply
 from tools.datasources import data_source_save, sql_example_add
 from tools.knowledge import document_upload, knowledge_source_create
@@ -48,6 +49,9 @@ class Command(BaseCommand):
         for slug, name in (("customer_support", "Customer support"), ("store_analyst", "Store analyst")):
             demo_workflow(tenant, slug, name, actor=operator)
         demo_data(tenant, actor=operator)
+        WorkflowKpi.objects.get_or_create(  # what the dashboard values a request the AI resolves at
+            tenant=tenant, workflow=Workflow.objects.get(tenant=tenant, slug="customer_support"),
+            defaults={"human_handling_minutes": 6, "human_hourly_cost_usd": 30})
 
         models = _demo_models(tenant, actor=operator)
         keys = {f"{user.username}_key": totp_secret(totp_demo_device(user=user)) for user in (operator, alice, bob)}

@@ -98,21 +98,43 @@ function resultTable(result, max = 50) {
 }
 
 // The chart the server chose for a result (core/charts.py draws the same for the admin): bars or a line.
-function resultChart(spec, columns, rows, width = 520, height = 220) {
-  const labels = rows.map((r) => String(r[spec.x])), values = rows.map((r) => Number(r[spec.y]) || 0);
-  const top = Math.max(...values, 0) || 1, left = 48, base = height - 30, step = (width - 58) / values.length;
-  const y = (v) => base - (base - 10) * Math.max(v, 0) / top, x = (i) => left + (i + 0.5) * step;
-  const marks = spec.type === "bar"
-    ? values.map((v, i) => svg("rect", {x: left + (i + 0.1) * step, y: y(v), width: step * 0.8, height: base - y(v)},
-      svg("title", {}, `${labels[i]}: ${v}`)))
-    : [svg("polyline", {points: values.map((v, i) => `${x(i)},${y(v)}`).join(" ")})];
+function resultChart(spec, columns, rows) {
+  return plot(rows.map((r) => String(r[spec.x])), {[columns[spec.y]]: rows.map((r) => Number(r[spec.y]) || 0)},
+    {kind: spec.type, title: `${columns[spec.y]} by ${columns[spec.x]}`});
+}
+
+// A chart of one or more series over `labels`, as core/charts.py's plot(): bars (of the first series) or a line per
+// series with a legend when there are several; a null leaves a gap; `rule` draws a dashed line at that value.
+function plot(labels, series, {kind = "line", title, rule = null, width = 520, height = 220}) {
+  const all = Object.values(series).flat().filter((v) => v !== null);
+  const top = Math.max(...all, rule || 0, 0) || 1, left = 48, base = height - 30, step = (width - 58) / labels.length;
+  const y = (v) => base - (base - 40) * Math.max(v, 0) / top, x = (i) => left + (i + 0.5) * step;
+  const names = Object.keys(series), marks = [];
+  if (kind === "bar") {
+    series[names[0]].forEach((v, i) => marks.push(svg("rect", {x: left + (i + 0.1) * step, y: y(v || 0),
+      width: step * 0.8, height: base - y(v || 0)}, svg("title", {}, `${labels[i]}: ${v}`))));
+  } else {
+    names.forEach((name, n) => {
+      let run = [];
+      for (const [i, v] of [...series[name], null].entries()) {
+        if (v !== null) { run.push([x(i), y(v)]); continue; }
+        if (run.length > 1) marks.push(svg("polyline", {class: `s${n}`, points: run.map((p) => p.join(",")).join(" ")}));
+        else if (run.length) marks.push(svg("circle", {class: `s${n}`, cx: run[0][0], cy: run[0][1], r: 2.5}));
+        run = [];
+      }
+    });
+  }
+  const legend = names.length > 1 ? names.flatMap((name, n) => [
+    svg("rect", {class: `s${n}`, x: left + 110 * n, y: 20, width: 9, height: 9}),
+    svg("text", {x: left + 110 * n + 12, y: 28}, name.slice(0, 16))]) : [];
+  if (rule !== null) legend.push(svg("line", {class: "rule", x1: left, y1: y(rule), x2: width - 10, y2: y(rule)}));
   const every = Math.max(1, Math.floor(labels.length / 8));
-  return svg("svg", {class: `chart ${spec.type}`, role: "img", viewBox: `0 0 ${width} ${height}`, width, height},
-    svg("title", {}, `${columns[spec.y]} by ${columns[spec.x]}`),
-    svg("text", {x: left - 4, y: 16, "text-anchor": "end"}, top.toLocaleString()),
-    svg("line", {x1: left, y1: base, x2: width - 10, y2: base}), ...marks,
-    ...labels.filter((_, i) => i % every === 0).map((label, i) => svg("text",
-      {x: x(i * every), y: base + 16, "text-anchor": "middle"}, label.slice(0, 12))));
+  return svg("svg", {class: `chart ${kind}`, role: "img", viewBox: `0 0 ${width} ${height}`, width, height},
+    svg("title", {}, title), svg("text", {class: "title", x: 4, y: 12}, title),
+    svg("text", {x: left - 4, y: 44, "text-anchor": "end"}, top.toLocaleString()),
+    svg("line", {x1: left, y1: base, x2: width - 10, y2: base}), ...marks, ...legend,
+    ...labels.map((label, i) => [label, i]).filter(([, i]) => i % every === 0).map(([label, i]) => svg("text",
+      {x: x(i), y: base + 16, "text-anchor": "middle"}, label.slice(0, 12))));
 }
 
 // A passage, each cited quote in it marked.
@@ -153,6 +175,7 @@ function renderArtifact(data) {
 function visibleItems() {
   if (state.tab === "ask") return boot.workflows;
   if (state.tab === "documents") return boot.sources || [];
+  if (state.tab === "dashboard") return [{id: "", name: "All workflows"}, ...boot.workflows];
   if (state.tab === "approvals") {
     return [...state.approvals.values()].filter(mayDecide).sort((a, b) => a.created_at.localeCompare(b.created_at));
   }
@@ -178,7 +201,8 @@ function renderList() {
   const items = visibleItems();
   if (!items.some((item) => item.id === state.selected)) state.selected = items.length ? items[0].id : null;
   $("#filters").hidden = state.tab !== "queue";
-  const row = {queue: ticketRow, approvals: approvalRow, ask: workflowRow, documents: sourceRow}[state.tab];
+  const row = {queue: ticketRow, approvals: approvalRow, ask: workflowRow, documents: sourceRow,
+    dashboard: (w) => namedRow(w.id, w.name, w.id ? w.id : "the tenant as a whole")}[state.tab];
   $("#list").replaceChildren(...items.map(row));
   if (!items.length) {
     $("#list").append(h("li", {class: "empty"}, {queue: "No one is waiting.", approvals: "Nothing to decide.",
@@ -253,8 +277,9 @@ function switchTab(tab) {
 }
 
 function openSelected() {
-  if (!state.selected) return;
-  ({queue: openTicket, approvals: openApproval, ask: openAsk, documents: openSource})[state.tab](state.selected);
+  if (state.selected === null) return;
+  ({queue: openTicket, approvals: openApproval, ask: openAsk, documents: openSource, dashboard: openDashboard})[
+    state.tab](state.selected);
   renderList();
 }
 
@@ -701,6 +726,56 @@ function renderPresence() {
   renderTyping();
 }
 
+// ---------- the dashboard: read-only analytics of the tenant, or of one workflow ----------
+
+const RANGES = ["1h", "6h", "24h", "7d", "30d", "90d"];
+const LABEL = {minute: (d) => d.toISOString().slice(11, 16), hour: (d) => d.toISOString().slice(8, 13) + "h",
+  day: (d) => d.toISOString().slice(5, 10)};
+
+async function openDashboard(workflow, range = (state.open && state.open.range) || "24h") {
+  const query = new URLSearchParams({range, ...(workflow ? {workflow} : {})});
+  const data = await act("Reading the analytics", () => api("GET", `analytics/?${query}`));
+  if (!data || state.tab !== "dashboard") return;
+  state.open = {kind: "dashboard", id: workflow, range, watched: null};
+  const points = data.series, labels = points.map((p) => LABEL[data.period](new Date(p.bucket)));
+  const values = (name, scale = 1) => points.map((p) => p[name] === null ? null : Number(p[name]) * scale);
+  const t = data.totals, share = (v) => v === null ? "—" : `${(v * 100).toFixed(1)}%`;
+  const usd = (v) => v === null ? "—" : `$${Number(v).toFixed(2)}`;
+  const tiles = [["Runs", t.runs], ["Success", share(t.success_rate)], ["Handover", share(t.handover_rate)],
+    ["p50 / p95", `${t.p50_ms ?? "—"} / ${t.p95_ms ?? "—"} ms`], ["Cost per run", usd(t.cost_per_run)],
+    ["Resolved by AI", t.finished], ["Hours saved", t.minutes_saved === null ? "—" : (t.minutes_saved / 60).toFixed(1)],
+    ["CSAT", t.csat_score === null ? "—" : `${t.csat_score.toFixed(2)} / 5 (${t.csat_responses})`]];
+  $("#detail").replaceChildren(h("section", {class: "dashboard"},
+    h("div", {class: "actions"}, h("h2", {}, workflow || "All workflows"),
+      h("span", {class: "ranges"}, RANGES.map((r) => h("button", {type: "button", class: r === range ? "on" : "",
+        onclick: () => openDashboard(workflow, r)}, r))),
+      h("span", {class: "hint"}, "[ and ] change the range · updated every minute")),
+    h("div", {class: "tiles"}, tiles.map(([name, value]) => h("div", {class: "tile"}, name, h("b", {}, value)))),
+    h("div", {class: "charts"},
+      plot(labels, {ended: values("runs"), "handed over": values("handover"), failed: values("failed"),
+        "resolved by AI": values("finished")}, {title: "Runs"}),
+      plot(labels, {success: values("success_rate", 100), handover: values("handover_rate", 100)},
+        {title: "Success and handover rate, %"}),
+      plot(labels, {p50: values("p50_ms"), p95: values("p95_ms")}, {title: "Latency, ms"}),
+      plot(labels, {"cost per run": values("cost_per_run")}, {title: "Cost per run, USD"}),
+      plot(labels, {CSAT: values("csat_score")}, {title: "Customer satisfaction (1-5)"}),
+      ...data.slos.map((slo) => plot(labels, {"burn rate": slo.burn}, {rule: 1,
+        title: `SLO ${slo.workflow} ${slo.metric} ${slo.objective}${slo.firing.length ? ` (${slo.firing} alert)` : ""}`}))),
+    h("h3", {}, "Top failure reasons"),
+    t.failure_reasons.length ? h("ol", {class: "reasons"}, t.failure_reasons.slice(0, 10).map(([reason, n]) =>
+      h("li", {}, `${reason} (${n})`))) : h("p", {class: "hint"}, "No failed step.")));
+  clearTimeout(openDashboard.timer);
+  openDashboard.timer = setTimeout(() => {
+    if (state.open && state.open.kind === "dashboard" && state.open.id === workflow) openDashboard(workflow, range);
+  }, 60_000);
+}
+
+function dashboardRange(step) {
+  if (!state.open || state.open.kind !== "dashboard") return;
+  const at = RANGES.indexOf(state.open.range) + step;
+  if (at >= 0 && at < RANGES.length) openDashboard(state.open.id, RANGES[at]);
+}
+
 // ---------- the keyboard ----------
 
 function toggleHelp(show) {
@@ -710,7 +785,8 @@ function toggleHelp(show) {
 const keys = {
   j: () => move(1), ArrowDown: () => move(1), k: () => move(-1), ArrowUp: () => move(-1),
   Enter: openSelected, 1: () => switchTab("queue"), 2: () => switchTab("approvals"), 3: () => switchTab("ask"),
-  4: () => { if (boot.sources) switchTab("documents"); },
+  4: () => { if (boot.sources) switchTab("documents"); }, 5: () => switchTab("dashboard"),
+  "[": () => dashboardRange(-1), "]": () => dashboardRange(1),
   u: () => { const input = $("#upload"); if (input) input.click(); },
   c: claim, t: returnToAi, a: () => decide("approve"), e: () => decide("edit"), x: () => decide("reject"),
   r: () => { const reply = $("#reply"); if (reply && !reply.disabled) reply.focus(); },
