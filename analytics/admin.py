@@ -31,8 +31,7 @@ class SloAdmin(WorkflowScopedAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(TenantScopedAdmin):
-    list_display = ["slo", "severity", "state", "opened_at", "resolved_at", "burn_rates", "acknowledged_by",
-                    "tenant"]
+    list_display = ["slo", "severity", "state", "opened_at", "resolved_at", "burn", "acknowledged_by", "tenant"]
     list_filter = ["tenant", "state", "severity"]
     actions = ["acknowledge"]
     readonly_fields = ["tenant", "slo", "severity", "state", "opened_at", "resolved_at", "burn_rates",
@@ -40,6 +39,10 @@ class AlertAdmin(TenantScopedAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="highest burn rates")
+    def burn(self, alert):
+        return ", ".join(f"{window} {rate:.1f}×" for window, rate in alert.burn_rates.items())
 
     @admin.action(description="Acknowledge the selected alerts")
     def acknowledge(self, request, queryset):

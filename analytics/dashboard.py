@@ -48,6 +48,10 @@ class Filters:
     def end(self) -> datetime:
         return rollups.floor(self.now, self.period) + rollups.UNITS[self.period]
 
+    def buckets(self) -> list[datetime]:
+        unit = rollups.UNITS[self.period]
+        return [self.start + i * unit for i in range(round((self.end - self.start) / unit))]
+
     def scope(self) -> dict:
         return {"tenant_ids": list(self.tenant_ids), "period": self.period, "start": self.start, "end": self.end,
                 "workflow_id": self.workflow_id, "version_id": self.version_id}
@@ -66,11 +70,7 @@ def _every_bucket(filters: Filters, points: list[dict]) -> list[dict]:
     found = {point["bucket"]: point for point in points}
     empty = rollups.metrics({c: 0 for c in rollups.COUNTS} | {m: {} for m in rollups.MAPS}
                             | dict.fromkeys(rollups.VALUED))
-    buckets, at = [], filters.start
-    while at < filters.end:
-        buckets.append(found.get(at) or {**empty, "bucket": at})
-        at += rollups.UNITS[filters.period]
-    return buckets
+    return [found.get(bucket) or {**empty, "bucket": bucket} for bucket in filters.buckets()]
 
 
 def _per_tenant(scope: dict) -> list[dict]:
@@ -93,8 +93,7 @@ def _slo_burns(filters: Filters, scope: dict) -> list[dict]:
     firing = {}
     for alert in Alert.objects.filter(slo__in=objectives, state=Alert.State.FIRING):
         firing.setdefault(alert.slo_id, []).append(alert.severity)
-    buckets = [filters.start + i * rollups.UNITS[filters.period]
-               for i in range(round((filters.end - filters.start) / rollups.UNITS[filters.period]))]
+    buckets = filters.buckets()
     return [{"workflow": slo.workflow.slug, "metric": slo.metric, "objective": slo.objective,
              "firing": sorted(firing.get(slo.pk, [])),
              "burn": [slos.burn_rate(slo, rows.get((bucket, slo.workflow_id))) for bucket in buckets]}
