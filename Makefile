@@ -1,4 +1,4 @@
-# make run | make test [ARGS="-k something"] | make bench | make bench-connections | make bench-realtime | make bench-router | make bench-tools   (see README.md)
+# make run | make test [ARGS="-k something"] | make bench | make bench-connections | make bench-realtime | make bench-analytics | make bench-router | make bench-tools   (see README.md)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +8,7 @@ CHROMIUM := /usr/bin/chromium
 BWRAP  := /usr/bin/bwrap
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test bench bench-connections bench-realtime bench-router bench-tools
+.PHONY: run test bench bench-connections bench-realtime bench-analytics bench-router bench-tools
 
 run: $(VENV)/.installed $(BWRAP)
 	$(LAUNCH) run
@@ -30,6 +30,10 @@ bench-connections: $(VENV)/.installed $(VENV)/.bench-installed
 
 bench-realtime: $(VENV)/.installed $(VENV)/.bench-installed
 	$(LAUNCH) exec python bench/realtime.py
+
+# A database of its own on the embedded server (hil_bench_analytics), dropped at the end; about 30 minutes.
+bench-analytics: $(VENV)/.installed
+	$(LAUNCH) exec python bench/analytics.py
 
 bench-tools: $(VENV)/.installed $(BWRAP)
 	$(LAUNCH) exec python bench/tools.py

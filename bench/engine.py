@@ -2,6 +2,7 @@
 
     python bench/engine.py [--runs 200] [--burst 200]     # needs DATABASE_URL and REDIS_URL
     make bench                                             # the same, with the embedded services
+    python -m hil_project.launcher exec python bench/engine.py --compare-tracing 3 [--runs 100] [--burst 100]
 
 The workflow has six nodes: classify → fetch_order → check_eligibility → respond → FINISH, or
 check_eligibility → HANDOVER. Its agents take no time (bench/agents.py), so only the engines are
@@ -11,6 +12,12 @@ processes (prefork, one child each) listening on a queue of their own. A run sta
 LangGraph, when bench/requirements.txt is installed, runs the same graph with PostgresSaver on the
 same Postgres (in a schema of its own), in this process, each run on its own thread. The sequential
 runs of both alternate, so a machine that gets busier part-way slows both alike.
+
+`--compare-tracing ROUNDS` measures instead what tracing (core/tracing.py) costs: ROUNDS pairs of HIL-only benches
+whose workers trace as by default or not at all (OTEL_SDK_DISABLED=true in the environment they inherit), each pair
+in the other order than the one before, so that a machine getting busier weighs on both, after one bench that is
+not counted (the first finds the caches cold). This process only posts messages, outside any span, so the tracing
+measured is the workers': each run's invoke_workflow span and each step's invoke_agent span, no exporter.
 
 Prints figures and whether the targets are met; it never fails on a timing.
 """
@@ -353,13 +360,104 @@ def report(runs: int, burst: int, result: dict) -> None:
                   f"runs/s = {throughput:5.2f} (target ≥ 2: {'met' if throughput >= 2 else 'MISSED'})")
 
 
+def compare_tracing(runs: int, burst: int, rounds: int) -> None:
+    """Tracing on (the default) against off (OTEL_SDK_DISABLED=true, inherited by the workers), alternating."""
+    before = os.environ.get("OTEL_SDK_DISABLED")
+    figures = {"on": [], "off": []}
+    bench(min(runs, 50), min(burst, 50), with_langgraph=False)  # not counted: the first bench finds caches cold
+    try:
+        for n in range(rounds):
+            for mode in ("on", "off") if n % 2 == 0 else ("off", "on"):
+                if mode == "off":
+                    os.environ["OTEL_SDK_DISABLED"] = "true"
+                else:
+                    os.environ.pop("OTEL_SDK_DISABLED", None)
+                result = bench(runs, burst, with_langgraph=False)
+                latencies, db = result["sequential"]["HIL"], result["db_latencies"]
+                row = {"p50": percentile_ms(latencies, 50), "p95": percentile_ms(latencies, 95),
+                       "db p50": percentile_ms(db, 50), "db p95": percentile_ms(db, 95), "burst": result["burst_rate"],
+                       "latencies": latencies, "load": os.getloadavg()[0]}
+                figures[mode].append(row)
+                print(f"round {n + 1}, tracing {mode + ':':4} p50 {row['p50']:6.2f} ms, p95 {row['p95']:6.2f} ms, "
+                      f"row created → sink p50 {row['db p50']:6.2f} ms, p95 {row['db p95']:6.2f} ms; {burst} at once "
+                      f"{row['burst']:5.1f} runs/s (load average {row['load']:.2f})")
+    finally:
+        if before is None:
+            os.environ.pop("OTEL_SDK_DISABLED", None)
+        else:
+            os.environ["OTEL_SDK_DISABLED"] = before
+    print(f"\ntracing on against off, {rounds} rounds of {runs} sequential runs and a burst of {burst}; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"{'':36} {'on':>9} {'off':>9} {'overhead':>9}   per round")
+    for key, unit, worse in (("p50", "ms", 1), ("p95", "ms", 1), ("db p50", "ms", 1), ("db p95", "ms", 1),
+                             ("burst", "runs/s", -1)):
+        on, off = (statistics.median(row[key] for row in figures[mode]) for mode in ("on", "off"))
+        pairs = [(a[key] / b[key]) ** worse - 1 for a, b in zip(figures["on"], figures["off"])]
+        name = {"p50": "message posted → seen done, p50", "p95": "message posted → seen done, p95",
+                "db p50": "row created → sink, p50", "db p95": "row created → sink, p95",
+                "burst": f"{burst} runs at once"}[key]
+        print(f"{name + ' (' + unit + ')':36} {on:9.2f} {off:9.2f} {100 * ((on / off) ** worse - 1):+8.1f}%   "
+              + " ".join(f"{100 * p:+.1f}%" for p in pairs))
+    pooled = {mode: [x for row in figures[mode] for x in row["latencies"]] for mode in figures}
+    p50s = [percentile_ms(pooled[mode], 50) for mode in ("on", "off")]
+    p95s = [percentile_ms(pooled[mode], 95) for mode in ("on", "off")]
+    print(f"all rounds' sequential runs pooled: p50 {p50s[0]:.2f} against {p50s[1]:.2f} ms "
+          f"({100 * (p50s[0] / p50s[1] - 1):+.1f}%), p95 {p95s[0]:.2f} against {p95s[1]:.2f} ms "
+          f"({100 * (p95s[0] / p95s[1] - 1):+.1f}%)")
+    print("(overhead: the medians of the rounds, on over off; per round: each pair's. Target: under 10%.)")
+    costs = {mode: spans_cost_apart(mode) for mode in ("on", "off")}
+    p50 = statistics.median(row["p50"] for row in figures["on"])
+    print(f"the spans of one run, made alone (spans_cost): {costs['on']:.0f} µs with tracing on, {costs['off']:.0f} µs "
+          f"off; the difference is {100 * (costs['on'] - costs['off']) / 1000 / p50:.2f}% of the p50")
+
+
+def spans_cost_apart(mode: str) -> float:
+    """spans_cost() in a process of its own (a process sets its tracer provider once), tracing on or off."""
+    env = {name: value for name, value in os.environ.items() if name != "OTEL_SDK_DISABLED"}
+    if mode == "off":
+        env["OTEL_SDK_DISABLED"] = "true"
+    code = "from bench import engine; engine.spans_cost(); print(min(engine.spans_cost() for _ in range(3)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def spans_cost(repeat: int = 2000) -> float:
+    """µs for the spans a run of SPEC makes in a worker, as the engine makes them (workflows/engine.py): the turn's
+    trace continued, invoke_workflow, an invoke_agent per step (4) and the trace id read for each step's events."""
+    from core import tracing
+
+    parent = tracing.traceparent()
+    started = time.perf_counter()
+    for _ in range(repeat):
+        with tracing.continued(parent), tracing.logged_as(tenant=1, run="r"), tracing.span(
+                "invoke_workflow refund", **{"gen_ai.operation.name": "invoke_workflow", "hil.workflow": "refund",
+                                             "hil.workflow.version": 1, "hil.tenant": 1, "hil.run": "r"}):
+            for node in ("classify", "fetch_order", "check_eligibility", "respond"):
+                with tracing.logged_as(node=node), tracing.span(f"invoke_agent bench_{node}", **{
+                        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": f"bench_{node}",
+                        "hil.node": node, "hil.attempt": 1}):
+                    tracing.trace_id()
+    return (time.perf_counter() - started) / repeat * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200, help="sequential runs per system (latency)")
     parser.add_argument("--burst", type=int, default=200, help="HIL runs posted at once (throughput)")
+    parser.add_argument("--compare-tracing", type=int, default=0, metavar="ROUNDS",
+                        help="HIL only: ROUNDS pairs with the workers tracing and not (OTEL_SDK_DISABLED=true)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _terminated)
     sys.stdout.reconfigure(line_buffering=True)
+    if args.compare_tracing:
+        try:
+            compare_tracing(args.runs, args.burst, args.compare_tracing)
+        except BenchError as e:
+            print(f"bench failed: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        return 0
     try:
         import langgraph.checkpoint.postgres  # noqa: F401
     except ImportError:
