@@ -76,8 +76,8 @@ def _every_bucket(filters: Filters, points: list[dict]) -> list[dict]:
 def _per_tenant(scope: dict) -> list[dict]:
     names = dict(Tenant.objects.filter(id__in=scope["tenant_ids"]).values_list("id", "slug"))
     return [{"tenant": names[row["tenant_id"]], "runs": row["runs"], "cost": row["cost"],
-             "cost_per_run": row["cost_per_run"]}
-            for row in map(rollups.metrics, rollups.merged(**scope, by=("tenant_id",)))]
+             "cost_per_run": row["cost"] / row["runs"] if row["runs"] else None}
+            for row in rollups.merged(**scope, by=("tenant_id",), maps=())]
 
 
 def _slo_burns(filters: Filters, scope: dict) -> list[dict]:
@@ -89,7 +89,9 @@ def _slo_burns(filters: Filters, scope: dict) -> list[dict]:
     objectives = list(objectives.order_by("workflow__slug", "metric"))
     if not objectives:
         return []
-    rows = {(row["bucket"], row["workflow_id"]): row for row in rollups.merged(**scope, by=("bucket", "workflow_id"))}
+    latency = any(slo.metric == Slo.Metric.P95_LATENCY_MS for slo in objectives)
+    rows = {(row["bucket"], row["workflow_id"]): row for row in rollups.merged(
+        **scope, by=("bucket", "workflow_id"), maps=("latency_hist",) if latency else ())}
     firing = {}
     for alert in Alert.objects.filter(slo__in=objectives, state=Alert.State.FIRING):
         firing.setdefault(alert.slo_id, []).append(alert.severity)

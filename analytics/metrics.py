@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from workflows.models import Workflow
 
 from .models import Alert, Period, Rollup
-from .rollups import fetch, percentile
+from .rollups import fetch, percentiles, summed
 
 LABELS = ["workflow", "version"]
 # name, help, and the Rollup field of each sample (with its extra label, if the family has one)
@@ -31,10 +31,11 @@ COUNTERS = [
 FIELDS = [field for *_, samples in COUNTERS for field in samples]
 # The runs that ended in this hour and the one before, their latency histograms summed per workflow.
 LATENCY_SQL = f"""
-SELECT workflow.slug, analytics_jsonb_sum(rollup.latency_hist) AS latency_hist
-FROM {Rollup._meta.db_table} rollup JOIN {Workflow._meta.db_table} workflow ON workflow.id = rollup.workflow_id
-WHERE rollup.tenant_id = %s AND rollup.period = %s AND rollup.bucket >= %s
-GROUP BY workflow.slug ORDER BY workflow.slug
+WITH r AS MATERIALIZED (
+  SELECT workflow.slug, rollup.latency_hist
+  FROM {Rollup._meta.db_table} rollup JOIN {Workflow._meta.db_table} workflow ON workflow.id = rollup.workflow_id
+  WHERE rollup.tenant_id = %s AND rollup.period = %s AND rollup.bucket >= %s
+) {summed("r", ["slug"], "count(*) AS hours", ["latency_hist"])} ORDER BY slug
 """
 
 
@@ -73,7 +74,7 @@ class _Collector:
         gauge = GaugeMetricFamily("hil_run_latency_ms", "Run latency over the last hour or two, by quantile.",
                                   labels=["workflow", "quantile"])
         for row in fetch(LATENCY_SQL, [self.tenant_id, Period.HOUR, since]):
-            for q in (0.5, 0.95):
-                if (value := percentile(row["latency_hist"], q)) is not None:
+            for q, value in zip((0.5, 0.95), percentiles(row["latency_hist"], 0.5, 0.95)):
+                if value is not None:
                     gauge.add_metric([row["slug"], str(q)], value)
         return gauge

@@ -41,6 +41,7 @@ UNITS = {Period.MINUTE: timedelta(minutes=1), Period.HOUR: timedelta(hours=1), P
 COUNTS = ["runs", "finished", "handover", "failed", "cancelled", "cost", "llm_calls", "llm_failures",
           "llm_tokens_in", "llm_tokens_out", "llm_cost", "llm_cache_hits", "llm_saved_cost", "tool_calls",
           "tool_failures", "tool_refusals", "revenue", "csat_responses", "csat_score_sum", "csat_satisfied"]
+CALL_COUNTS = [c for c in COUNTS if c.startswith(("llm_", "tool_"))]
 MAPS = ["latency_hist", "node_steps", "node_failures", "node_ms", "failure_reasons"]
 KEY = ["tenant_id", "workflow_id", "workflow_version_id", "bucket"]
 _T = {"run": Run._meta.db_table, "version": WorkflowVersion._meta.db_table, "step": Step._meta.db_table,
@@ -130,15 +131,45 @@ FROM keys LEFT JOIN runs USING ({key}) LEFT JOIN latency USING ({key}) LEFT JOIN
            counts_or_zero=", ".join(f"coalesce({c}, 0)" for c in COUNTS),
            maps_or_empty=", ".join(f"coalesce({m}, '{{}}')" for m in MAPS))
 
+
+
+def sum_maps(rows: str, keys: list[str], maps: list[str]) -> str:
+    """A query of `keys` and `maps`, the JSON object {map: {key: total}} of the `maps` columns of the CTE `rows`
+    summed key by key per value of `keys`: one pass over all the maps' pairs, grouped. (An aggregate merging the maps
+    a row at a time took ten times as long, 40-55 µs a row and map.)"""
+    pairs = " UNION ALL ".join(f"SELECT '{m}' AS map, key, value FROM jsonb_each_text({rows}.{m})" for m in maps)
+    by = "".join(f"{k}, " for k in keys)
+    return (f"SELECT {by}jsonb_object_agg(map, sums) AS maps FROM ("
+            f"SELECT {by}map, jsonb_object_agg(key, total) AS sums FROM ("
+            f"SELECT {by}pair.map, pair.key, sum(pair.value::numeric) AS total FROM {rows}, LATERAL ({pairs}) pair "
+            f"GROUP BY {by}pair.map, pair.key) totals GROUP BY {by}map) per_map"
+            + (f" GROUP BY {by[:-2]}" if keys else ""))
+
+
+def summed(rows: str, keys: list[str], sums: str, maps: list[str], join: str = "") -> str:
+    """A query of `keys`, `sums` (a select list over the CTE `rows` and `join`) and `maps`, each the column of
+    summed maps of that name, over the rows grouped by `keys` (or all of them as one row)."""
+    prefixed = "".join(f"{rows}.{k}, " for k in keys)
+    grouped = f"SELECT {prefixed}{sums} FROM {rows} {join}" + (f" GROUP BY {prefixed[:-2]}" if keys else "")
+    if not maps:
+        return grouped
+    columns = "".join(f", coalesce(m.maps->'{m}', '{{}}') AS {m}" for m in maps)
+    on = f"USING ({', '.join(keys)})" if keys else "ON true"
+    return f"SELECT c.*{columns} FROM ({grouped}) c LEFT JOIN ({sum_maps(rows, keys, maps)}) m {on}"
+
+
 # The rows of a coarser period from those of the next finer one, over whole buckets [start, end).
 _MERGE_SQL = """
-INSERT INTO {rollup} (tenant_id, workflow_id, workflow_version_id, bucket, period, {counts}, {maps})
-SELECT tenant_id, workflow_id, workflow_version_id, date_trunc(%(period)s, bucket, 'UTC'), %(period)s,
-       {sums}, {merged}, analytics_jsonb_top(analytics_jsonb_sum(failure_reasons), %(top)s)
-FROM {rollup} WHERE period = %(finer)s AND bucket >= %(start)s AND bucket < %(end)s
-GROUP BY 1, 2, 3, 4
-""".format(**_T, counts=", ".join(COUNTS), maps=", ".join(MAPS), sums=", ".join(f"sum({c})" for c in COUNTS),
-           merged=", ".join(f"analytics_jsonb_sum({m})" for m in MAPS if m != "failure_reasons"))
+INSERT INTO {rollup} (tenant_id, workflow_id, workflow_version_id, bucket, {counts}, period, {maps})
+WITH finer AS MATERIALIZED (
+  SELECT tenant_id, workflow_id, workflow_version_id, date_trunc(%(period)s, bucket, 'UTC') AS bucket, {counts}, {maps}
+  FROM {rollup} WHERE period = %(finer)s AND bucket >= %(start)s AND bucket < %(end)s
+)
+SELECT {key}, {counts}, %(period)s, {maps_but_reasons}, analytics_jsonb_top(failure_reasons, %(top)s)
+FROM ({summed}) merged
+""".format(**_T, key=", ".join(KEY), counts=", ".join(COUNTS), maps=", ".join(MAPS),
+           maps_but_reasons=", ".join(m for m in MAPS if m != "failure_reasons"),
+           summed=summed("finer", KEY, ", ".join(f"sum(finer.{c}) AS {c}" for c in COUNTS), MAPS))
 
 
 def rollup(*, now: datetime | None = None, deadline: float | None = None) -> bool:
@@ -215,16 +246,19 @@ def latency_slot(ms: float) -> int:
     return bisect_right(LATENCY_BOUNDS_MS, ms)
 
 
-def percentile(hist: dict, q: float) -> int | None:
-    """The q-quantile (0-1) of a latency histogram: the upper bound of the slot holding it, in ms (the last
-    slot, past 10^8 ms, reports its lower bound). None for an empty histogram."""
+def percentiles(hist: dict, *qs: float) -> list[int | None]:
+    """The q-quantiles (0-1, ascending) of a latency histogram: each the upper bound of the slot holding it, in
+    ms (the last slot, past 10^8 ms, reports its lower bound). None for an empty histogram."""
     counts = sorted((int(slot), n) for slot, n in hist.items())
-    rank, seen = math.ceil(q * sum(n for _, n in counts)), 0
+    total, seen, found = sum(n for _, n in counts), 0, []
+    ranks = iter(max(1, math.ceil(q * total)) for q in qs)
+    rank = next(ranks, None)
     for slot, n in counts:
         seen += n
-        if seen >= rank > 0:
-            return LATENCY_BOUNDS_MS[min(slot, len(LATENCY_BOUNDS_MS) - 1)]
-    return None
+        while rank is not None and seen >= rank:
+            found.append(LATENCY_BOUNDS_MS[min(slot, len(LATENCY_BOUNDS_MS) - 1)])
+            rank = next(ranks, None)
+    return found + [None] * (len(qs) - len(found))
 
 
 def slower_than(hist: dict, threshold_ms: float) -> int:
@@ -238,7 +272,8 @@ def series(*, tenant_ids: list[int], period: str, start: datetime, end: datetime
            version_id: int | None = None) -> list[dict]:
     """Per bucket of `period` in [start, end), the tenants' metrics (of one workflow or version if given)."""
     return [metrics(row) for row in merged(tenant_ids=tenant_ids, period=period, start=start, end=end,
-                                           workflow_id=workflow_id, version_id=version_id, by=("bucket",))]
+                                           workflow_id=workflow_id, version_id=version_id, by=("bucket",),
+                                           maps=("latency_hist",))]
 
 
 def totals(*, tenant_ids: list[int], period: str, start: datetime, end: datetime, workflow_id: int | None = None,
@@ -262,22 +297,20 @@ VALUED = {"minutes_saved": "sum(r.finished * k.human_handling_minutes)",
 
 
 def merged(*, tenant_ids: list[int], period: str, start: datetime, end: datetime, workflow_id: int | None = None,
-           version_id: int | None = None, by: tuple[str, ...] = ()) -> list[dict]:
+           version_id: int | None = None, by: tuple[str, ...] = (), maps: tuple[str, ...] = tuple(MAPS)) -> list[dict]:
     """The rows of `period` in [start, end) summed per value of the `by` columns (KEY's), in their order:
-    counts, merged maps and VALUED. One row, or none, without `by`."""
-    where, params = ["r.tenant_id = ANY(%s)", "r.period = %s", "r.bucket >= %s", "r.bucket < %s"], [
+    counts, VALUED and the `maps` (only those: each costs a pass over its pairs). One row, or none, without `by`."""
+    where, params = ["tenant_id = ANY(%s)", "period = %s", "bucket >= %s", "bucket < %s"], [
         list(tenant_ids), period, start, end]
     for column, value in (("workflow_id", workflow_id), ("workflow_version_id", version_id)):
         if value is not None:
-            where.append(f"r.{column} = %s")
+            where.append(f"{column} = %s")
             params.append(value)
-    assert set(by) <= set(KEY)
-    keys = ", ".join(f"r.{c}" for c in by)
-    sql = (f"SELECT {keys + ', ' if by else ''}{', '.join(f'sum(r.{c}) AS {c}' for c in COUNTS)}, "
-           f"{', '.join(f'analytics_jsonb_sum(r.{m}) AS {m}' for m in MAPS)}, "
-           f"{', '.join(f'{sql} AS {name}' for name, sql in VALUED.items())} "
-           f"FROM {_T['rollup']} r LEFT JOIN {_T['kpi']} k ON k.workflow_id = r.workflow_id "
-           f"WHERE {' AND '.join(where)} {f'GROUP BY {keys} ORDER BY {keys}' if by else ''}")
+    assert set(by) <= set(KEY) and set(maps) <= set(MAPS)
+    sums = ", ".join([*(f"sum(r.{c}) AS {c}" for c in COUNTS), *(f"{sql} AS {name}" for name, sql in VALUED.items())])
+    sql = (f"WITH r AS MATERIALIZED (SELECT * FROM {_T['rollup']} WHERE {' AND '.join(where)}) "
+           + summed("r", list(by), sums, list(maps), join=f"LEFT JOIN {_T['kpi']} k ON k.workflow_id = r.workflow_id")
+           + (f" ORDER BY {', '.join(by)}" if by else ""))
     return [row for row in fetch(sql, params) if row["runs"] is not None]
 
 
@@ -303,9 +336,9 @@ def metrics(row: dict) -> dict:
         "handover": row["handover"], "failed": row["failed"], "cancelled": row["cancelled"],
         "success_rate": (ended - row["failed"]) / ended if ended else None,
         "handover_rate": row["handover"] / ended if ended else None,
-        "p50_ms": percentile(row["latency_hist"], 0.5), "p95_ms": percentile(row["latency_hist"], 0.95),
+        **dict(zip(("p50_ms", "p95_ms"), percentiles(row["latency_hist"], 0.5, 0.95))),
         "cost": row["cost"], "cost_per_run": row["cost"] / row["runs"] if row["runs"] else None,
-        **{c: row[c] for c in COUNTS if c.startswith(("llm_", "tool_"))},
+        **{c: row[c] for c in CALL_COUNTS},
         "revenue": row["revenue"], "csat_responses": rated,
         "csat_score": row["csat_score_sum"] / rated if rated else None,
         "csat_satisfied_rate": row["csat_satisfied"] / rated if rated else None,

@@ -76,8 +76,10 @@ def burn_rate(slo: Slo, window: dict | None) -> float | None:
     ended = window["runs"] - window["cancelled"]
     if not ended:
         return None
-    bad = {Slo.Metric.SUCCESS_RATE: window["failed"], Slo.Metric.HANDOVER_RATE: window["handover"],
-           Slo.Metric.P95_LATENCY_MS: rollups.slower_than(window["latency_hist"], slo.objective)}[slo.metric]
+    if slo.metric == Slo.Metric.P95_LATENCY_MS:
+        bad = rollups.slower_than(window["latency_hist"], slo.objective)
+    else:
+        bad = window["failed"] if slo.metric == Slo.Metric.SUCCESS_RATE else window["handover"]
     return bad / ended / error_budget(slo)
 
 
@@ -99,13 +101,14 @@ def _window_totals(workflow_ids: set[int], now: datetime) -> dict[tuple[int, str
         return {}
     windows = ", ".join(f"('{name}', {minutes})" for name, minutes in WINDOWS.items())
     sql = f"""
-        SELECT r.workflow_id, w.name, sum(r.runs) AS runs, sum(r.cancelled) AS cancelled, sum(r.failed) AS failed,
-               sum(r.handover) AS handover, sum(r.cost) AS cost, analytics_jsonb_sum(r.latency_hist) AS latency_hist
-        FROM {Rollup._meta.db_table} r
-        JOIN (VALUES {windows}) AS w(name, minutes) ON r.bucket > %(now)s - make_interval(mins => w.minutes)
-        WHERE r.period = %(minute)s AND r.workflow_id = ANY(%(ids)s)
-          AND r.bucket > %(now)s - make_interval(mins => %(longest)s) AND r.bucket <= %(now)s
-        GROUP BY 1, 2"""
+        WITH r AS MATERIALIZED (
+          SELECT r.workflow_id, w.name, r.runs, r.cancelled, r.failed, r.handover, r.cost, r.latency_hist
+          FROM {Rollup._meta.db_table} r
+          JOIN (VALUES {windows}) AS w(name, minutes) ON r.bucket > %(now)s - make_interval(mins => w.minutes)
+          WHERE r.period = %(minute)s AND r.workflow_id = ANY(%(ids)s)
+            AND r.bucket > %(now)s - make_interval(mins => %(longest)s) AND r.bucket <= %(now)s
+        ) """ + rollups.summed("r", ["workflow_id", "name"], ", ".join(
+        f"sum(r.{c}) AS {c}" for c in ("runs", "cancelled", "failed", "handover", "cost")), ["latency_hist"])
     rows = rollups.fetch(sql, {"now": now, "minute": Period.MINUTE, "ids": list(workflow_ids),
                                "longest": max(WINDOWS.values())})
     return {(row["workflow_id"], row["name"]): row for row in rows}

@@ -44,7 +44,8 @@ the rollups see only the bench's rows.
    (`rollups.metrics`: resolved without a human, minutes and cost saved); `metrics.exposition` of a tenant; and
    `analytics.dashboard.dashboard`, the page's one call, for the same scopes over each of its RANGES. QUERIES holds
    one entry a query. Timed in this process through Django, as a view calls them, after the live traffic (so its
-   100 runs/s are in the last minutes).
+   100 runs/s are in the last minutes). The target is for the queries the dashboard makes (admin, console, API:
+   RANGES only); 24 h of minute rows and 30 days of hour rows, which no range reads, are timed for scale.
 """
 
 import argparse
@@ -628,11 +629,13 @@ def dashboards(tenants: list[Tenant], flows: list[Flow], repeat: int) -> list[di
                 p50, p95 = statistics.median(times), quantile(times, 0.95)
                 points = len(first) if isinstance(first, list) else len(first["series"]) if (
                     isinstance(first, dict) and "series" in first) else ""
-                label, _, period = window
+                label, length, period = window
+                issued = name not in ("series", "totals") or (length, period) in dashboard.RANGES.values()
                 results.append({"query": name, "scope": scope.name, "window": label, "period": period, "p50": p50,
-                                "p95": p95})
+                                "p95": p95, "issued": issued})
+                verdict = ("met" if p95 < TARGET_P95_MS else "MISSED") if issued else "(not a dashboard's)"
                 print(f"  {name:<14} {scope.name:<9} {label:<6} {period:<7} {points!s:>6} {p50:8.1f} {p95:8.1f}"
-                      f"  {'met' if p95 < TARGET_P95_MS else 'MISSED'}")
+                      f"  {verdict}")
     return results
 
 
@@ -660,12 +663,16 @@ def report(args, seeded: dict, rolled: dict, lived: dict, queried: list[dict]) -
         print(f"live rollup task at {lived['live_rate']:.1f} runs/s: slowest beat {worst:.2f} s of "
               f"{lived['interval']:g} (ratio {worst / lived['interval']:.3f}); capacity at that cost "
               f"{least:,.0f} runs/s (target ≥ {TARGET_RUNS_PER_S} runs/s: {'met' if ok else 'MISSED'})")
-    met = [r for r in queried if r["p95"] < TARGET_P95_MS]
-    slowest = max(queried, key=lambda r: r["p95"])
-    print(f"dashboard queries: {len(met)} of {len(queried)} under {TARGET_P95_MS} ms p95 "
-          f"(target: all; {'met' if len(met) == len(queried) else 'MISSED'}); slowest: {slowest['query']} "
-          f"{slowest['scope']} {slowest['window']} {slowest['period']} p95 {slowest['p95']:.0f} ms")
-    for r in queried:
+    issued = [r for r in queried if r["issued"]]
+    met = [r for r in issued if r["p95"] < TARGET_P95_MS]
+    for which, rows in (("dashboard queries", issued), ("beyond the dashboard's ranges", [
+            r for r in queried if not r["issued"]])):
+        slowest = max(rows, key=lambda r: r["p95"])
+        print(f"{which}: {sum(r['p95'] < TARGET_P95_MS for r in rows)} of {len(rows)} under {TARGET_P95_MS} ms p95; "
+              f"slowest: {slowest['query']} {slowest['scope']} {slowest['window']} {slowest['period']} "
+              f"p95 {slowest['p95']:.0f} ms")
+    print(f"target (every dashboard query under {TARGET_P95_MS} ms p95): {'met' if met == issued else 'MISSED'}")
+    for r in issued:
         if r["p95"] >= TARGET_P95_MS:
             print(f"  missed: {r['query']} {r['scope']} {r['window']} {r['period']}: p50 {r['p50']:.0f} ms, "
                   f"p95 {r['p95']:.0f} ms")

@@ -130,6 +130,14 @@ def test_percentiles_of_merged_rows_are_those_of_the_raw_durations_in_their_slot
         assert point["cost_per_run"] == sum(r.cost for r in ends) / ends.count()
 
 
+def test_percentiles_of_a_histogram_come_in_one_pass_nearest_rank():
+    hist = {"7": 1, "2": 9, "40": 10}  # slots out of order, as JSON keys come
+    assert rollups.percentiles(hist, 0, 0.45, 0.5, 0.95, 1) == [
+        LATENCY_BOUNDS_MS[2], LATENCY_BOUNDS_MS[2], LATENCY_BOUNDS_MS[7], LATENCY_BOUNDS_MS[40], LATENCY_BOUNDS_MS[40]]
+    assert rollups.percentiles({"500": 1}, 0.5) == [LATENCY_BOUNDS_MS[-1]]  # past the last bound
+    assert rollups.percentiles({}, 0.5, 0.95) == [None, None]
+
+
 def test_a_tenant_sees_only_its_own_runs(tenant, other_tenant, traffic):
     rollups.rollup(now=NOW)
 
