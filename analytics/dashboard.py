@@ -89,9 +89,8 @@ def _slo_burns(filters: Filters, scope: dict) -> list[dict]:
     objectives = list(objectives.order_by("workflow__slug", "metric"))
     if not objectives:
         return []
-    latency = any(slo.metric == Slo.Metric.P95_LATENCY_MS for slo in objectives)
     rows = {(row["bucket"], row["workflow_id"]): row for row in rollups.merged(
-        **scope, by=("bucket", "workflow_id"), maps=("latency_hist",) if latency else ())}
+        **scope, by=("bucket", "workflow_id"), maps=(), sums=slos.slow_sums(objectives))}
     firing = {}
     for alert in Alert.objects.filter(slo__in=objectives, state=Alert.State.FIRING):
         firing.setdefault(alert.slo_id, []).append(alert.severity)

@@ -132,7 +132,6 @@ FROM keys LEFT JOIN runs USING ({key}) LEFT JOIN latency USING ({key}) LEFT JOIN
            maps_or_empty=", ".join(f"coalesce({m}, '{{}}')" for m in MAPS))
 
 
-
 def sum_maps(rows: str, keys: list[str], maps: list[str]) -> str:
     """A query of `keys` and `maps`, the JSON object {map: {key: total}} of the `maps` columns of the CTE `rows`
     summed key by key per value of `keys`: one pass over all the maps' pairs, grouped. (An aggregate merging the maps
@@ -261,11 +260,11 @@ def percentiles(hist: dict, *qs: float) -> list[int | None]:
     return found + [None] * (len(qs) - len(found))
 
 
-def slower_than(hist: dict, threshold_ms: float) -> int:
-    """Runs at or above the largest bound not above `threshold_ms`: those slower than it, plus any in the
-    slot it falls in (up to 12% faster), so that a latency SLO errs on the side of alerting."""
-    first = latency_slot(threshold_ms)
-    return sum(n for slot, n in hist.items() if int(slot) >= first)
+def slower_than(rows: str, threshold_ms: float) -> str:
+    """SQL: the runs of a row of `rows` at or above the largest bound not above `threshold_ms`: those slower than it,
+    plus any in the slot it falls in (up to 12% faster), so that a latency SLO errs on the side of alerting."""
+    return (f"(SELECT coalesce(sum(value::numeric), 0) FROM jsonb_each_text({rows}.latency_hist) "
+            f"WHERE key::int >= {latency_slot(float(threshold_ms))})")
 
 
 def series(*, tenant_ids: list[int], period: str, start: datetime, end: datetime, workflow_id: int | None = None,
@@ -297,9 +296,11 @@ VALUED = {"minutes_saved": "sum(r.finished * k.human_handling_minutes)",
 
 
 def merged(*, tenant_ids: list[int], period: str, start: datetime, end: datetime, workflow_id: int | None = None,
-           version_id: int | None = None, by: tuple[str, ...] = (), maps: tuple[str, ...] = tuple(MAPS)) -> list[dict]:
+           version_id: int | None = None, by: tuple[str, ...] = (), maps: tuple[str, ...] = tuple(MAPS),
+           sums: dict[str, str] | None = None) -> list[dict]:
     """The rows of `period` in [start, end) summed per value of the `by` columns (KEY's), in their order:
-    counts, VALUED and the `maps` (only those: each costs a pass over its pairs). One row, or none, without `by`."""
+    counts, VALUED, `sums` (name: SQL over the rows `r`) and the `maps` (only those: each costs a pass over its
+    pairs). One row, or none, without `by`."""
     where, params = ["tenant_id = ANY(%s)", "period = %s", "bucket >= %s", "bucket < %s"], [
         list(tenant_ids), period, start, end]
     for column, value in (("workflow_id", workflow_id), ("workflow_version_id", version_id)):
@@ -307,7 +308,8 @@ def merged(*, tenant_ids: list[int], period: str, start: datetime, end: datetime
             where.append(f"{column} = %s")
             params.append(value)
     assert set(by) <= set(KEY) and set(maps) <= set(MAPS)
-    sums = ", ".join([*(f"sum(r.{c}) AS {c}" for c in COUNTS), *(f"{sql} AS {name}" for name, sql in VALUED.items())])
+    sums = ", ".join([*(f"sum(r.{c}) AS {c}" for c in COUNTS),
+                      *(f"{sql} AS {name}" for name, sql in (VALUED | (sums or {})).items())])
     sql = (f"WITH r AS MATERIALIZED (SELECT * FROM {_T['rollup']} WHERE {' AND '.join(where)}) "
            + summed("r", list(by), sums, list(maps), join=f"LEFT JOIN {_T['kpi']} k ON k.workflow_id = r.workflow_id")
            + (f" ORDER BY {', '.join(by)}" if by else ""))

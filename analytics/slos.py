@@ -9,7 +9,7 @@ one of them no longer does (the short window clears within minutes of a recovery
 
 Bad runs, of the runs that ended (cancelled ones aside): failed ones for `success_rate` (budget 1 - objective),
 handed over ones for `handover_rate` (budget: the objective), those slower than the objective for
-`p95_latency_ms` (budget 5%, counted from the rollups' latency histograms; see rollups.slower_than).
+`p95_latency_ms` (budget 5%, counted in SQL from the rollups' latency histograms; see slow_sums).
 An SLO whose budget is so large that 14.4 or 6 cannot be reached (a 30% handover rate burns at most 3.3)
 has its threshold capped at the burn of 90% bad runs for a page and 60% for a ticket.
 `cost_per_request_usd` is a threshold on the window's mean cost per run: its burn is that mean over
@@ -55,7 +55,7 @@ def slos_evaluate(*, now: datetime | None = None) -> None:
     now = now or timezone.now()
     spec_slos_sync()
     slos = list(Slo.objects.filter(enabled=True))
-    windows = _window_totals({slo.workflow_id for slo in slos}, now)
+    windows = _window_totals(slos, now)
     for slo in slos:
         for severity, rule in RULES.items():
             burns = {w: burn_rate(slo, windows.get((slo.workflow_id, w))) for w in (rule.long, rule.short)}
@@ -76,11 +76,9 @@ def burn_rate(slo: Slo, window: dict | None) -> float | None:
     ended = window["runs"] - window["cancelled"]
     if not ended:
         return None
-    if slo.metric == Slo.Metric.P95_LATENCY_MS:
-        bad = rollups.slower_than(window["latency_hist"], slo.objective)
-    else:
-        bad = window["failed"] if slo.metric == Slo.Metric.SUCCESS_RATE else window["handover"]
-    return bad / ended / error_budget(slo)
+    bad = window[{Slo.Metric.SUCCESS_RATE: "failed", Slo.Metric.HANDOVER_RATE: "handover",
+                  Slo.Metric.P95_LATENCY_MS: f"slow_{slo.pk}"}[slo.metric]]
+    return float(bad) / ended / error_budget(slo)
 
 
 def error_budget(slo: Slo) -> float:
@@ -95,22 +93,30 @@ def threshold(slo: Slo, rule: Rule) -> float:
     return min(rule.burn, rule.worst_share / error_budget(slo))
 
 
-def _window_totals(workflow_ids: set[int], now: datetime) -> dict[tuple[int, str], dict]:
-    """Per workflow and window, the summed minute rollups SLOs read."""
-    if not workflow_ids:
+def slow_sums(objectives: list[Slo]) -> dict[str, str]:
+    """Per latency SLO, `slow_<pk>`: SQL summing the runs of its workflow's rows `r` slower than its objective
+    (burn_rate reads it), so that no histogram is merged."""
+    return {f"slow_{slo.pk}": f"sum(CASE WHEN r.workflow_id = {int(slo.workflow_id)} "
+                              f"THEN {rollups.slower_than('r', slo.objective)} END)"
+            for slo in objectives if slo.metric == Slo.Metric.P95_LATENCY_MS}
+
+
+def _window_totals(objectives: list[Slo], now: datetime) -> dict[tuple[int, str], dict]:
+    """Per workflow and window, the summed minute rollups the SLOs read."""
+    if not objectives:
         return {}
     windows = ", ".join(f"('{name}', {minutes})" for name, minutes in WINDOWS.items())
+    sums = [*(f"sum(r.{c}) AS {c}" for c in ("runs", "cancelled", "failed", "handover", "cost")),
+            *(f"{sql} AS {name}" for name, sql in slow_sums(objectives).items())]
     sql = f"""
-        WITH r AS MATERIALIZED (
-          SELECT r.workflow_id, w.name, r.runs, r.cancelled, r.failed, r.handover, r.cost, r.latency_hist
-          FROM {Rollup._meta.db_table} r
-          JOIN (VALUES {windows}) AS w(name, minutes) ON r.bucket > %(now)s - make_interval(mins => w.minutes)
-          WHERE r.period = %(minute)s AND r.workflow_id = ANY(%(ids)s)
-            AND r.bucket > %(now)s - make_interval(mins => %(longest)s) AND r.bucket <= %(now)s
-        ) """ + rollups.summed("r", ["workflow_id", "name"], ", ".join(
-        f"sum(r.{c}) AS {c}" for c in ("runs", "cancelled", "failed", "handover", "cost")), ["latency_hist"])
-    rows = rollups.fetch(sql, {"now": now, "minute": Period.MINUTE, "ids": list(workflow_ids),
-                               "longest": max(WINDOWS.values())})
+        SELECT r.workflow_id, w.name, {", ".join(sums)}
+        FROM {Rollup._meta.db_table} r
+        JOIN (VALUES {windows}) AS w(name, minutes) ON r.bucket > %(now)s - make_interval(mins => w.minutes)
+        WHERE r.period = %(minute)s AND r.workflow_id = ANY(%(ids)s)
+          AND r.bucket > %(now)s - make_interval(mins => %(longest)s) AND r.bucket <= %(now)s
+        GROUP BY 1, 2"""
+    rows = rollups.fetch(sql, {"now": now, "minute": Period.MINUTE, "longest": max(WINDOWS.values()),
+                               "ids": list({slo.workflow_id for slo in objectives})})
     return {(row["workflow_id"], row["name"]): row for row in rows}
 
 
