@@ -31,7 +31,7 @@ bench-connections: $(VENV)/.installed $(VENV)/.bench-installed
 bench-realtime: $(VENV)/.installed $(VENV)/.bench-installed
 	$(LAUNCH) exec python bench/realtime.py
 
-# A database of its own on the embedded server (hil_bench_analytics), dropped at the end; about 30 minutes.
+# A database of its own on the embedded server (hil_bench_analytics), dropped at the end; about 10 minutes.
 bench-analytics: $(VENV)/.installed
 	$(LAUNCH) exec python bench/analytics.py
 
