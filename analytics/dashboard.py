@@ -90,7 +90,7 @@ def _slo_burns(filters: Filters, scope: dict) -> list[dict]:
     if not objectives:
         return []
     rows = {(row["bucket"], row["workflow_id"]): row for row in rollups.merged(
-        **scope, by=("bucket", "workflow_id"), maps=(), sums=slos.slow_sums(objectives))}
+        **scope, by=("bucket", "workflow_id"), maps=(), extra=slos.slow_sums(objectives))}
     firing = {}
     for alert in Alert.objects.filter(slo__in=objectives, state=Alert.State.FIRING):
         firing.setdefault(alert.slo_id, []).append(alert.severity)

@@ -35,7 +35,7 @@ WITH r AS MATERIALIZED (
   SELECT workflow.slug, rollup.latency_hist
   FROM {Rollup._meta.db_table} rollup JOIN {Workflow._meta.db_table} workflow ON workflow.id = rollup.workflow_id
   WHERE rollup.tenant_id = %s AND rollup.period = %s AND rollup.bucket >= %s
-) {summed("r", ["slug"], "count(*) AS hours", ["latency_hist"])} ORDER BY slug
+) {summed("r", ["slug"], "", ["latency_hist"])} ORDER BY slug
 """
 
 

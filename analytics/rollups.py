@@ -146,10 +146,11 @@ def sum_maps(rows: str, keys: list[str], maps: list[str]) -> str:
 
 
 def summed(rows: str, keys: list[str], sums: str, maps: list[str], join: str = "") -> str:
-    """A query of `keys`, `sums` (a select list over the CTE `rows` and `join`) and `maps`, each the column of
-    summed maps of that name, over the rows grouped by `keys` (or all of them as one row)."""
-    prefixed = "".join(f"{rows}.{k}, " for k in keys)
-    grouped = f"SELECT {prefixed}{sums} FROM {rows} {join}" + (f" GROUP BY {prefixed[:-2]}" if keys else "")
+    """A query of `keys`, `sums` (a select list over the CTE `rows` and `join`, maybe empty) and `maps`, each the
+    column of summed maps of that name, over the rows grouped by `keys` (or all of them as one row)."""
+    prefixed = ", ".join(f"{rows}.{k}" for k in keys)
+    grouped = (f"SELECT {', '.join(filter(None, [prefixed, sums]))} FROM {rows} {join}"
+               + (f" GROUP BY {prefixed}" if keys else ""))
     if not maps:
         return grouped
     columns = "".join(f", coalesce(m.maps->'{m}', '{{}}') AS {m}" for m in maps)
@@ -297,10 +298,10 @@ VALUED = {"minutes_saved": "sum(r.finished * k.human_handling_minutes)",
 
 def merged(*, tenant_ids: list[int], period: str, start: datetime, end: datetime, workflow_id: int | None = None,
            version_id: int | None = None, by: tuple[str, ...] = (), maps: tuple[str, ...] = tuple(MAPS),
-           sums: dict[str, str] | None = None) -> list[dict]:
+           extra: dict[str, str] | None = None) -> list[dict]:
     """The rows of `period` in [start, end) summed per value of the `by` columns (KEY's), in their order:
-    counts, VALUED, `sums` (name: SQL over the rows `r`) and the `maps` (only those: each costs a pass over its
-    pairs). One row, or none, without `by`."""
+    counts, VALUED, `extra` (name: an aggregate over the rows `r`) and the `maps` (only those: each costs a pass
+    over its pairs). One row, or none, without `by`."""
     where, params = ["tenant_id = ANY(%s)", "period = %s", "bucket >= %s", "bucket < %s"], [
         list(tenant_ids), period, start, end]
     for column, value in (("workflow_id", workflow_id), ("workflow_version_id", version_id)):
@@ -309,7 +310,7 @@ def merged(*, tenant_ids: list[int], period: str, start: datetime, end: datetime
             params.append(value)
     assert set(by) <= set(KEY) and set(maps) <= set(MAPS)
     sums = ", ".join([*(f"sum(r.{c}) AS {c}" for c in COUNTS),
-                      *(f"{sql} AS {name}" for name, sql in (VALUED | (sums or {})).items())])
+                      *(f"{sql} AS {name}" for name, sql in (VALUED | (extra or {})).items())])
     sql = (f"WITH r AS MATERIALIZED (SELECT * FROM {_T['rollup']} WHERE {' AND '.join(where)}) "
            + summed("r", list(by), sums, list(maps), join=f"LEFT JOIN {_T['kpi']} k ON k.workflow_id = r.workflow_id")
            + (f" ORDER BY {', '.join(by)}" if by else ""))

@@ -416,7 +416,7 @@ def seed(maker: Maker, runs: int, days: float, now: float) -> dict:
             conn.execute(f"VACUUM (ANALYZE) {table}")
     print(f"  seeded in {seeded:.1f} s ({rows_total / seeded:,.0f} rows/s); "
           f"VACUUM ANALYZE {time.perf_counter() - t1:.1f} s")
-    return {"seed_s": seeded, "seed_rows": rows_total, "counts": counts}
+    return {"seed_s": seeded, "seed_rows": rows_total}
 
 
 # --- 2. backlog ------------------------------------------------------------------------------------------------
@@ -433,12 +433,10 @@ def backlog(runs: int) -> dict:
         if done:
             break
     print(f"  {runs:,} runs rolled up in {elapsed:.1f} s: {runs / elapsed:,.0f} runs/s")
-    if hasattr(rollups, "prune"):  # what the beat would have pruned on its way
-        t0 = time.perf_counter()
-        pruned = rollups.prune()
-        kept = getattr(rollups, "MINUTES_KEPT", None)
-        print(f"  rollups.prune: {pruned:,} minute rows older than {kept.days if kept else '?'} days deleted "
-              f"in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    pruned = rollups.prune()  # what the beat would have pruned on its way
+    print(f"  rollups.prune: {pruned:,} minute rows older than {rollups.MINUTES_KEPT.days} days deleted "
+          f"in {time.perf_counter() - t0:.1f} s")
     return {"backlog_s": elapsed, "backlog_rate": runs / elapsed}
 
 
@@ -496,13 +494,11 @@ TASK_PARTS = [(rollups, "rollup"), (slos, "slos_evaluate"), (rollups, "prune")] 
 
 @contextmanager
 def timed_parts():
-    """Time what analytics.tasks.rollup_task calls (those of TASK_PARTS it has), by wrapping them: {name: (s, result)}
-    of the last call."""
+    """Time what analytics.tasks.rollup_task calls (TASK_PARTS), by wrapping them: {name: (s, result)} of the last
+    call."""
     parts, originals = {}, []
     for module, name in TASK_PARTS:
-        function = getattr(module, name, None)
-        if function is None:
-            continue
+        function = getattr(module, name)
 
         def timed(*args, _function=function, _name=name, **kwargs):
             t0 = time.perf_counter()

@@ -389,13 +389,13 @@ def compare_tracing(runs: int, burst: int, rounds: int) -> None:
     print(f"\ntracing on against off, {rounds} rounds of {runs} sequential runs and a burst of {burst}; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"{'':36} {'on':>9} {'off':>9} {'overhead':>9}   per round")
-    for key, unit, worse in (("p50", "ms", 1), ("p95", "ms", 1), ("db p50", "ms", 1), ("db p95", "ms", 1),
-                             ("burst", "runs/s", -1)):
+    for key, name, unit, worse in (("p50", "message posted → seen done, p50", "ms", 1),
+                                   ("p95", "message posted → seen done, p95", "ms", 1),
+                                   ("db p50", "row created → sink, p50", "ms", 1),
+                                   ("db p95", "row created → sink, p95", "ms", 1),
+                                   ("burst", f"{burst} runs at once", "runs/s", -1)):
         on, off = (statistics.median(row[key] for row in figures[mode]) for mode in ("on", "off"))
         pairs = [(a[key] / b[key]) ** worse - 1 for a, b in zip(figures["on"], figures["off"])]
-        name = {"p50": "message posted → seen done, p50", "p95": "message posted → seen done, p95",
-                "db p50": "row created → sink, p50", "db p95": "row created → sink, p95",
-                "burst": f"{burst} runs at once"}[key]
         print(f"{name + ' (' + unit + ')':36} {on:9.2f} {off:9.2f} {100 * ((on / off) ** worse - 1):+8.1f}%   "
               + " ".join(f"{100 * p:+.1f}%" for p in pairs))
     pooled = {mode: [x for row in figures[mode] for x in row["latencies"]] for mode in figures}
@@ -450,30 +450,26 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _terminated)
     sys.stdout.reconfigure(line_buffering=True)
     if args.compare_tracing:
-        try:
+        def run():
             compare_tracing(args.runs, args.burst, args.compare_tracing)
-        except BenchError as e:
-            print(f"bench failed: {e}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-        return 0
-    try:
-        import langgraph.checkpoint.postgres  # noqa: F401
-    except ImportError:
-        with_langgraph = False
-        print("LangGraph: not installed, skipped (pip install -r bench/requirements.txt to compare)")
     else:
-        with_langgraph = True
+        try:
+            import langgraph.checkpoint.postgres  # noqa: F401
+        except ImportError:
+            with_langgraph = False
+            print("LangGraph: not installed, skipped (pip install -r bench/requirements.txt to compare)")
+        else:
+            with_langgraph = True
 
+        def run():
+            report(args.runs, args.burst, bench(args.runs, args.burst, with_langgraph))
     try:
-        result = bench(args.runs, args.burst, with_langgraph)
+        run()
     except BenchError as e:
         print(f"bench failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    report(args.runs, args.burst, result)
     return 0
 
 

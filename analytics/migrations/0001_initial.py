@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 # Rollup rows are merged in SQL: histograms and per-node maps are JSON objects of numbers summed key by key,
 # failure reasons cut to the most frequent.
-MERGE_FUNCTIONS = """
+JSONB_SUM = """
 CREATE FUNCTION analytics_jsonb_add(a jsonb, b jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT coalesce(jsonb_object_agg(key, total), '{}'::jsonb)
   FROM (SELECT key, sum(value::numeric) AS total
@@ -15,6 +15,12 @@ CREATE FUNCTION analytics_jsonb_add(a jsonb, b jsonb) RETURNS jsonb LANGUAGE sql
         GROUP BY key) AS sums
 $$;
 CREATE AGGREGATE analytics_jsonb_sum(jsonb) (SFUNC = analytics_jsonb_add, STYPE = jsonb, INITCOND = '{}');
+"""
+DROP_JSONB_SUM = """
+DROP AGGREGATE analytics_jsonb_sum(jsonb);
+DROP FUNCTION analytics_jsonb_add(jsonb, jsonb);
+"""
+MERGE_FUNCTIONS = JSONB_SUM + """
 CREATE FUNCTION analytics_jsonb_top(m jsonb, n integer) RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT coalesce(jsonb_object_agg(key, value), '{}'::jsonb)
   FROM (SELECT key, value FROM jsonb_each(m) ORDER BY value::numeric DESC, key LIMIT n) AS top
@@ -22,9 +28,7 @@ $$;
 """
 DROP_MERGE_FUNCTIONS = """
 DROP FUNCTION analytics_jsonb_top(jsonb, integer);
-DROP AGGREGATE analytics_jsonb_sum(jsonb);
-DROP FUNCTION analytics_jsonb_add(jsonb, jsonb);
-"""
+""" + DROP_JSONB_SUM
 
 
 class Migration(migrations.Migration):
