@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, Decimal
 
-from core.redis import LUA_NOW, client, script
+from core.redis import LUA_NOW, caught_up, client, script
 
 MICROS = Decimal(1_000_000)
 HOLD_S = 15 * 60  # how long a reservation holds without being settled: longer than any model call
@@ -190,11 +190,13 @@ def release(reservation: Reservation) -> None:
 
 
 def spent(budget: Budget) -> int:
+    caught_up()  # this thread's last settlement, sent without waiting, counted
     return int(client().hget(budget.key, "spent") or 0)
 
 
 def reserved(budget: Budget) -> int:
     """What calls under way have reserved and not settled yet."""
+    caught_up()
     return int(client().hget(budget.key, "reserved") or 0)
 
 

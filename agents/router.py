@@ -10,8 +10,9 @@ before calling, with its breaker check, in one Redis round trip; calls it with t
 own retries are off, for at most HIL_LLM_CALL_TIMEOUT_S within the step's deadline; settles the real cost or
 releases the reservation, and tells the breaker, in another; and falls back to the next model on a timeout,
 a 429, a 401, a 5xx or a connection that fails. No model fitting the budget hands over, or asks a human for
-more (`on_budget: approval`). An answer that a JSON Schema rejects is asked for again once, with the error. Every attempt is an `LLMCall` row and an `llm.call` run
-event, committed with the step's outcome; prompts are kept only if the tenant says so.
+more (`on_budget: approval`). An answer that a JSON Schema rejects is asked for again once, with the error.
+Every attempt is an `LLMCall` row and an `llm.call` run event, committed with the step's outcome; prompts are
+kept only if the tenant says so.
 
 A tenant with no model in the profile (a standard one, or its own with every endpoint disabled) gets the
 offline model: the agent's own deterministic stand-in (`offline`), recorded as a call to `hil-offline-1` that
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 import jsonschema
 import openai
 import tiktoken
+from openai.types.chat import ChatCompletion
 from django.conf import settings
 
 from core import redis, tracing
@@ -229,7 +231,10 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
         timeout_s = min(ctx.remaining() or settings.HIL_LLM_CALL_TIMEOUT_S, settings.HIL_LLM_CALL_TIMEOUT_S)
         try:
             with _chat_span(model, req.max_tokens) as span:
-                response = client.chat.completions.create(**request, timeout=timeout_s)
+                # `post`, not `chat.completions.create`: the request is plain JSON already, which `create` would
+                # walk against its parameters' types first (a millisecond a call here; bench/router.py).
+                response = client.post("/chat/completions", body=request, cast_to=ChatCompletion,
+                                       options={"timeout": timeout_s})
                 _chat_traced(span, response)
         except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as e:
             outcome, error = _failure(e, api_key)
@@ -283,7 +288,8 @@ if breaker_allow(k, ARGV[2], now) == 0 then return {3} end
 budgets_hold(budget_keys, args, now)
 return {1}
 """
-# After it: the reservation settled, the breaker told, and after a 429 the model's Retry-After mark set. KEYS as
+# After it: the reservation settled, the breaker told, and after a 429 the model's Retry-After mark set; sent
+# without waiting for the reply (core.redis.script), which nobody needs: the agent has its answer. KEYS as
 # BEFORE's but the first: the mark, the breaker's keys, the budgets'. ARGV: the reservation's id, the actual
 # cost, the mark's length (ms, 0: none), then "ok" or the failure's arguments (breaker.failure_args).
 AFTER = budgets.FUNCTIONS + breaker.FUNCTIONS + LUA_NOW + """
@@ -298,7 +304,7 @@ def _after(key: str, reservation: budgets.Reservation, spent_micros: int, *, fai
            wait_s: float = 0) -> None:
     script(AFTER)(keys=[f"{key}:retry-after", *breaker.keys_of(key), *budgets.keys_of(reservation.budgets)],
                   args=[reservation.id, spent_micros, int(wait_s * 1000),
-                        *(breaker.failure_args() if failed else ["ok"])])
+                        *(breaker.failure_args() if failed else ["ok"])], wait=False)
 
 
 # A tenant's endpoints, profiles, settings and keys, per process: read again when they change (agents.services

@@ -3,7 +3,7 @@
     python -m hil_project.launcher exec python bench/router.py [--callers 50] [--calls 20] [--latency-ms 500]
 
 A local OpenAI-compatible server (agents/local_llm.py, its own process) serves every call, three ways in turn:
-- direct: the `openai` client on its own (the floor: HTTP, JSON, the server);
+- direct: the `openai` client on its own, as the router calls it (the floor: HTTP, JSON, the server);
 - router: `router.complete` for a real run of a real tenant: profile lookup, token count, breaker, budget
   reservation and settlement in Redis, the same `openai` call, the LLMCall row and event (which the engine
   commits with the step's outcome, in the statement it runs anyway: what they add to it is timed apart);
@@ -41,6 +41,7 @@ import django  # noqa: E402
 django.setup()
 
 import openai  # noqa: E402
+from openai.types.chat import ChatCompletion  # noqa: E402
 from django.db import connections  # noqa: E402
 
 from accounts.models import Tenant  # noqa: E402
@@ -76,8 +77,8 @@ def tenant_with_model(base_url: str) -> tuple[Tenant, str]:
         {"model": "hil-local-chat", "context_window": 16000, "input_price": "0.15", "output_price": "0.6"}])
     profile_save(tenant=tenant, name="fast", entries=[("local", "hil-local-chat")])
     workflow = services.workflow_create(tenant=tenant, slug="bench")
-    services.workflow_version_publish(version=services.workflow_version_create(
-        workflow=workflow, spec_yaml="entry: a\nnodes:\n  - {id: a, agent: rules}\nedges:\n  - {from: a, to: FINISH}\n"))
+    spec = "entry: a\nnodes:\n  - {id: a, agent: rules}\nedges:\n  - {from: a, to: FINISH}\n"
+    services.workflow_version_publish(version=services.workflow_version_create(workflow=workflow, spec_yaml=spec))
     conversation = services.conversation_start(tenant=tenant, workflow_slug="bench")
     return tenant, str(services.message_post(conversation=conversation, text="hi", turn_id="t")[0].run_id)
 
@@ -128,8 +129,10 @@ def main() -> None:
 
 
 def direct_call(base_url: str):
+    """The call the router makes, alone."""
     client = openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
-    return lambda: client.chat.completions.create(model="hil-local-chat", messages=MESSAGES, max_tokens=50)
+    body = {"model": "hil-local-chat", "messages": MESSAGES, "max_tokens": 50}
+    return lambda: client.post("/chat/completions", body=body, cast_to=ChatCompletion)
 
 
 def routed_call(tenant_id: int, run_id: str):
@@ -147,20 +150,20 @@ def routed_call(tenant_id: int, run_id: str):
 
 
 def http_timed(client_of, http: dict):
-    """`router._client`, its clients' chat completions timed into `http["ms"]`."""
+    """`router._client`, its clients' requests timed into `http["ms"]`."""
     def client(base_url: str, api_key: str) -> openai.OpenAI:
         found = client_of(base_url, api_key)
         if not hasattr(found, "timed"):
-            create, found.timed = found.chat.completions.create, True
+            post, found.timed = found.post, True
 
-            def timed_create(**request):
+            def timed_post(*args, **kwargs):
                 t0 = time.perf_counter()
                 try:
-                    return create(**request)
+                    return post(*args, **kwargs)
                 finally:
                     http["ms"] = (time.perf_counter() - t0) * 1000
 
-            found.chat.completions.create = timed_create
+            found.post = timed_post
         return found
     return client
 
