@@ -8,9 +8,10 @@ the estimated cost (prompt tokens and `max_tokens` at the model's prices) agains
 `limits.max_cost`, the run's (the spec's `limits.max_cost`) and the tenant's monthly budget (agents/budgets.py)
 before calling, with its breaker check, in one Redis round trip; calls it with the `openai` client, whose
 own retries are off, for at most HIL_LLM_CALL_TIMEOUT_S within the step's deadline; settles the real cost or
-releases the reservation, and tells the breaker, in another; and falls back to the next model on a timeout,
-a 429, a 401, a 5xx or a connection that fails. No model fitting the budget hands over, or asks a human for
-more (`on_budget: approval`). An answer that a JSON Schema rejects is asked for again once, with the error.
+releases the reservation, and tells the breaker, in another (not waited for); and falls back to the next model
+on a timeout, a 429, a 401, a 5xx or a connection that fails. No model fitting the budget hands over, or asks a
+human for more (`on_budget: approval`). An answer that a JSON Schema rejects is asked for again once, with the
+error.
 Every attempt is an `LLMCall` row and an `llm.call` run event, committed with the step's outcome; prompts are
 kept only if the tenant says so.
 
@@ -356,8 +357,13 @@ def _configuration(tenant_id: int, profile: str) -> _Config:
 def count_tokens(messages: list[dict]) -> int:
     """Tokens in a chat request as OpenAI counts them for cl100k models: each message's content and role,
     plus a few tokens of framing per message and for the reply."""
-    return 3 + sum(4 + len(_encoding().encode(str(m.get("content") or ""))) + len(_encoding().encode(m["role"]))
+    return 3 + sum(4 + len(_encoding().encode(str(m.get("content") or ""))) + _role_tokens(m["role"])
                    for m in messages)
+
+
+@functools.cache
+def _role_tokens(role: str) -> int:  # a handful of roles
+    return len(_encoding().encode(role))
 
 
 @functools.cache
