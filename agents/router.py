@@ -11,9 +11,8 @@ own retries are off, for at most HIL_LLM_CALL_TIMEOUT_S within the step's deadli
 releases the reservation, and tells the breaker, in another (not waited for); and falls back to the next model
 on a timeout, a 429, a 401, a 5xx or a connection that fails. No model fitting the budget hands over, or asks a
 human for more (`on_budget: approval`). An answer that a JSON Schema rejects is asked for again once, with the
-error.
-Every attempt is an `LLMCall` row and an `llm.call` run event, committed with the step's outcome; prompts are
-kept only if the tenant says so.
+error. Every attempt is an `LLMCall` row and an `llm.call` run event, committed with the step's outcome;
+prompts are kept only if the tenant says so.
 
 A tenant with no model in the profile (a standard one, or its own with every endpoint disabled) gets the
 offline model: the agent's own deterministic stand-in (`offline`), recorded as a call to `hil-offline-1` that
