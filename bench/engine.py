@@ -440,6 +440,15 @@ def spans_cost(repeat: int = 2000) -> float:
     return (time.perf_counter() - started) / repeat * 1e6
 
 
+def _langgraph_installed() -> bool:
+    try:
+        import langgraph.checkpoint.postgres  # noqa: F401
+    except ImportError:
+        print("LangGraph: not installed, skipped (pip install -r bench/requirements.txt to compare)")
+        return False
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200, help="sequential runs per system (latency)")
@@ -449,22 +458,11 @@ def main() -> int:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _terminated)
     sys.stdout.reconfigure(line_buffering=True)
-    if args.compare_tracing:
-        def run():
-            compare_tracing(args.runs, args.burst, args.compare_tracing)
-    else:
-        try:
-            import langgraph.checkpoint.postgres  # noqa: F401
-        except ImportError:
-            with_langgraph = False
-            print("LangGraph: not installed, skipped (pip install -r bench/requirements.txt to compare)")
-        else:
-            with_langgraph = True
-
-        def run():
-            report(args.runs, args.burst, bench(args.runs, args.burst, with_langgraph))
     try:
-        run()
+        if args.compare_tracing:
+            compare_tracing(args.runs, args.burst, args.compare_tracing)
+        else:
+            report(args.runs, args.burst, bench(args.runs, args.burst, _langgraph_installed()))
     except BenchError as e:
         print(f"bench failed: {e}", file=sys.stderr)
         return 1

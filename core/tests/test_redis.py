@@ -43,8 +43,10 @@ def test_a_failure_of_a_script_sent_without_waiting_is_logged_not_raised_at_the_
 
 def test_a_dropped_connection_is_replaced_and_the_script_sent_again(key):
     redis.script(INCR)(keys=[key], args=[1])
-    redis.client().client_kill_filter(_id=_own_client_id())  # Redis drops this thread's connection
+    dropped = _own_client_id()
+    redis.client().client_kill_filter(_id=dropped)  # Redis drops this thread's connection
     assert redis.script(INCR)(keys=[key], args=[1]) == 2
+    assert _own_client_id() != dropped
 
 
 def test_a_reply_lost_with_its_connection_is_had_by_running_the_script_again(key, caplog):
@@ -54,6 +56,7 @@ def test_a_reply_lost_with_its_connection_is_had_by_running_the_script_again(key
     with caplog.at_level(logging.ERROR, logger="core.redis"):
         redis.caught_up()
     assert redis.client().get(key) == b"settled" and not caplog.records
+    assert _own_client_id() != client_id  # the script went again, on a new connection
 
 
 def _own_client_id() -> int:
