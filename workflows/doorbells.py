@@ -99,34 +99,25 @@ class _Hub:
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()
 _reads: ThreadPoolExecutor | None = None
 _reads_lock = threading.Lock()
-_reads_pending = 0
 
 
 async def db_read(read, *args):
-    """A client's database read on a doorbell, on this process's few reader threads, each with a connection
-    of its own: a doorbell heard by a thousand clients uses at most HIL_STREAM_DB_READS connections. The
-    thread that finishes the last queued read closes its connection (the others keep theirs until then)."""
-    global _reads, _reads_pending
+    """A client's database read on a doorbell, on this process's few reader threads, each keeping a
+    connection of its own: a doorbell heard by a thousand clients uses at most HIL_STREAM_DB_READS
+    connections, and no read waits for one to open."""
+    global _reads
     with _reads_lock:
         if _reads is None:
             _reads = ThreadPoolExecutor(settings.HIL_STREAM_DB_READS, thread_name_prefix="hil-stream-reads")
-        _reads_pending += 1
     return await asyncio.get_running_loop().run_in_executor(_reads, _read, read, args)
 
 
 def _read(read, args):
-    global _reads_pending
     try:
         return read(*args)
-    except (OperationalError, InterfaceError):
-        connection.close()  # Postgres cut it: the next read connects again
-        raise
-    finally:
-        with _reads_lock:
-            _reads_pending -= 1
-            idle = _reads_pending == 0
-        if idle:
-            connection.close()
+    except (OperationalError, InterfaceError):  # Postgres cut the kept connection (a restart): once more, anew
+        connection.close()
+        return read(*args)
 
 
 def db_reads_close() -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import threading
 import uuid
 
 import httpx
@@ -288,3 +289,38 @@ async def test_more_streams_than_postgres_has_connections_each_get_every_event(s
     await sync_to_async(drive)(run)
     for stream in streams:
         assert [event["seq"] async for event in stream] == [2, 3, 4, 5]
+
+
+async def test_stream_readers_whose_connections_postgres_ended_read_again_on_new_ones():
+    """The reader threads keep their connections between reads; one that Postgres ended (a restart, an idle
+    timeout) is replaced at the next read, which does not fail."""
+    from django.db import connection
+
+    def backend_pid():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    async def on_every_thread(read):
+        barrier, waited = threading.Barrier(settings.HIL_STREAM_DB_READS, timeout=30), threading.local()
+
+        def each():
+            if not getattr(waited, "done", False):  # each thread takes one read, however long the others take
+                waited.done = True
+                barrier.wait()
+            return read()
+
+        return set(await asyncio.gather(*(doorbells.db_read(each) for _ in range(settings.HIL_STREAM_DB_READS))))
+
+    before = await on_every_thread(backend_pid)
+    assert len(before) == settings.HIL_STREAM_DB_READS
+    assert await on_every_thread(backend_pid) == before  # kept
+
+    def end(pids):
+        with connection.cursor() as cursor:
+            for pid in pids:
+                cursor.execute("SELECT pg_terminate_backend(%s, 30000)", [pid])
+
+    await sync_to_async(end)(before)
+    after = await on_every_thread(backend_pid)
+    assert len(after) == settings.HIL_STREAM_DB_READS and not after & before
