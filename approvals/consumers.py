@@ -14,7 +14,8 @@ Server to client, each message a JSON object with a `kind`:
 Membership is checked on connect and again on every message: a member removed, or a session signed out,
 is closed with 4403. While the socket is open, the member's leased ticket claims are renewed.
 
-The consoles of a tenant in one process share one doorbell subscription and one read per change (_Room)."""
+The consoles of a tenant in one process share one doorbell subscription, one frame of each desk event, and
+one read of the presence list per change (_Room)."""
 
 import asyncio
 import json
@@ -35,7 +36,7 @@ from workflows.consumers import JsonConsumer, is_seq
 from workflows.events import conversation_stream, doorbell_ring, events_after
 from workflows.models import Conversation, Message, Run
 
-from . import services
+from . import services, wire
 
 log = logging.getLogger(__name__)
 CLOSE_FORBIDDEN = 4403
@@ -66,6 +67,7 @@ class ConsoleConsumer(JsonConsumer):
         self.presence = {"user": self.username, "ticket": None, "typing": False}
         self.allowance, self.counted_at = MESSAGES_BURST, time.monotonic()
         await self.accept()
+        self.write = wire.writer(self.base_send)
         self.room = await _Room.join(self)
         await self._catch_up()
         await self._presence_publish()
@@ -89,11 +91,15 @@ class ConsoleConsumer(JsonConsumer):
                 if self.sent >= self.room.seq:
                     return
 
-    async def deliver(self, seq: int, text: str):
-        """The room's next desk event, if it is this console's next one (else its catch-up sends it)."""
+    async def deliver(self, seq: int, text: str, data: bytes):
+        """The room's next desk event (`data`: `text` framed), if it is this console's next one (else its
+        catch-up sends it)."""
         async with self.lock:
             if self.sent == seq - 1:
-                await self.send(text_data=text)
+                if self.write:
+                    self.write(data)
+                else:
+                    await self.send(text_data=text)
                 self.sent = seq
 
     # --- messages from the client ---
@@ -231,10 +237,10 @@ def _presence_all(tenant_id: int) -> str:
 
 
 class _Room:
-    """The consoles of one tenant in this process, and what they share: one doorbell subscription and one
-    database read per desk event for all of them (each console then gets the same encoded message), one
-    read of the presence list when it changes, and one renewal, every third of a lease, of the leased
-    claims and presence entries of all of them."""
+    """The consoles of one tenant in this process, and what they share: one doorbell subscription; each
+    desk event as its doorbell carried it (a database read only for what a doorbell did not carry), framed
+    once and written straight to every console's socket (wire.py); one read of the presence list when it
+    changes; and one renewal, every third of a lease, of the leased claims and presence entries of all."""
 
     rooms: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Room]]" = weakref.WeakKeyDictionary()
 
@@ -267,10 +273,14 @@ class _Room:
                 rang = await bell.wait(doorbells.REDIS_CHECK_S)
                 if not rang and not doorbells.redis_lost():
                     continue  # (without Redis, read the database every second)
-                for seq, text in await doorbells.db_read(_desk_messages, self.tenant_id, self.seq):
+                messages = _carried(bell.heard(), self.seq)
+                if messages is None:
+                    messages = await doorbells.db_read(_desk_messages, self.tenant_id, self.seq)
+                for seq, text in messages:
                     self.seq = seq
+                    data = wire.frame(text)
                     for console in list(self.consoles):
-                        await console.deliver(seq, text)
+                        await console.deliver(seq, text, data)
 
     async def _presence(self):
         last = None
@@ -295,8 +305,24 @@ class _Room:
 
 def _desk_messages(tenant_id: int, after: int) -> list[tuple[int, str]]:
     """The `desk` messages after `after`, encoded once for every console waiting there."""
-    events = services.desk_after(tenant_id=tenant_id, after=after)
-    return [(e["seq"], json.dumps({"kind": "desk", **e})) for e in events]
+    return [(e["seq"], services.desk_message(e)) for e in services.desk_after(tenant_id=tenant_id, after=after)]
+
+
+def _carried(heard: list[bytes | None], after: int) -> list[tuple[int, str]] | None:
+    """The desk messages that the doorbells heard carried, if they are all the ones after `after`;
+    None where one is missing (a doorbell lost, too long a message, the hub subscribing again)."""
+    if not heard:
+        return None
+    carried = {}
+    for data in heard:
+        seq, _, text = (data or b"").decode().partition(" ")
+        if not text:
+            return None
+        carried[int(seq)] = text
+    messages = sorted((seq, text) for seq, text in carried.items() if seq > after)
+    if [seq for seq, _ in messages] != list(range(after + 1, after + 1 + len(messages))):
+        return None
+    return messages
 
 
 def _messages(conversation_id, after: int) -> list[dict]:

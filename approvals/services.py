@@ -1,3 +1,4 @@
+import json
 from datetime import timedelta
 
 import jsonschema
@@ -15,6 +16,7 @@ from workflows.events import doorbell_ring, events_append
 from .models import ApprovalRequest, ApprovalVote, DeskEvent, DeskSeq, HandoverTicket, TicketNote
 
 DESK = "desk"  # the doorbell stream of a tenant's desk events (workflows.doorbells.listen(tenant_id, DESK))
+DESK_RING_MAX = 8192  # a desk message up to this long rides on its doorbell (a longer one is read by each process)
 
 
 def desk_append(*, tenant_id: int, type_: str, data: dict) -> DeskEvent:
@@ -26,8 +28,14 @@ def desk_append(*, tenant_id: int, type_: str, data: dict) -> DeskEvent:
                        [tenant_id])
         seq = cursor.fetchone()[0]
     event = DeskEvent.objects.create(tenant_id=tenant_id, seq=seq, type=type_, data=data)
-    transaction.on_commit(lambda: doorbell_ring(tenant_id, DESK, seq))
+    text = desk_message(event.envelope())
+    transaction.on_commit(lambda: doorbell_ring(tenant_id, DESK, seq, text if len(text) <= DESK_RING_MAX else ""))
     return event
+
+
+def desk_message(envelope: dict) -> str:
+    """A desk event as the console's socket sends it."""
+    return json.dumps({"kind": "desk", **envelope})
 
 
 def desk_after(*, tenant_id: int, after: int, limit: int = 1000) -> list[dict]:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import weakref
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -27,14 +27,24 @@ log = logging.getLogger(__name__)
 CLIENT_NAME = "hil-doorbells"
 PATTERN = doorbell_channel("*", "*")  # every run of every tenant: one subscription, never changed
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5  # the wait before connecting again doubles up to the cap
+HEARD_MAX = 100  # what a bell keeps of the doorbells it heard (a listener that falls behind reads the database)
 
 
 class Bell:
     def __init__(self):
         self._rang = asyncio.Event()
+        self._heard: deque[bytes | None] = deque(maxlen=HEARD_MAX)
 
-    def ring(self) -> None:
+    def ring(self, data: bytes | None = None) -> None:
+        self._heard.append(data)
         self._rang.set()
+
+    def heard(self) -> list[bytes | None]:
+        """What the doorbells carried since the last call, oldest first (None: a ring that carried nothing,
+        the hub subscribing again); at most the last HEARD_MAX."""
+        heard = list(self._heard)
+        self._heard.clear()
+        return heard
 
     async def wait(self, timeout: float | None = None) -> bool:
         """True once rung since the last wait returned True (at once if it already was); False after `timeout`."""
@@ -86,7 +96,7 @@ class _Hub:
                             self.ring_all()
                         elif message["type"] == "pmessage":
                             for bell in self.bells.get(message["channel"].decode(), ()):
-                                bell.ring()
+                                bell.ring(message["data"])
             except (redis.RedisError, OSError) as e:
                 self.lost = True
                 log.warning("doorbells: Redis lost (%s), connecting again in %.1fs", e, backoff)

@@ -86,9 +86,11 @@ def run_commit(run: Run, *, lease: str | None = None, where: tuple[str, list] | 
     return updated
 
 
-def doorbell_ring(tenant_id: int, stream, seq: int = 0) -> None:
+def doorbell_ring(tenant_id: int, stream, seq: int = 0, text: str = "") -> None:
+    """Ring the stream's doorbell with its last seq and, where given, the message it is about (`seq text`):
+    a listener that has seen every seq before it sends that without reading the database."""
     try:
-        core_redis.client().publish(doorbell_channel(tenant_id, stream), seq)
+        core_redis.client().publish(doorbell_channel(tenant_id, stream), f"{seq} {text}" if text else seq)
     except redis.RedisError as e:  # listeners catch up from the database
         log.warning("doorbell for %s not rung: %s", stream, e)
 
