@@ -29,7 +29,8 @@ def desk_append(*, tenant_id: int, type_: str, data: dict) -> DeskEvent:
         seq = cursor.fetchone()[0]
     event = DeskEvent.objects.create(tenant_id=tenant_id, seq=seq, type=type_, data=data)
     text = desk_message(event.envelope())
-    transaction.on_commit(lambda: doorbell_ring(tenant_id, DESK, seq, text if len(text) <= DESK_RING_MAX else ""))
+    carried = text if len(text) <= DESK_RING_MAX else ""
+    transaction.on_commit(lambda: doorbell_ring(tenant_id, DESK, seq, carried))
     return event
 
 

@@ -11,7 +11,7 @@ import redis.asyncio
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 from django.test import AsyncClient
 
 from hil_project.asgi import application
@@ -270,8 +270,6 @@ async def test_while_redis_is_down_a_socket_sends_what_the_database_holds_then_c
 
 def postgres_connections() -> tuple[int, int]:
     """(max_connections, backends connected to the test database now)."""
-    from django.db import connection
-
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('max_connections')::int, count(*) FROM pg_stat_activity"
                        " WHERE datname = current_database()")
@@ -279,7 +277,8 @@ def postgres_connections() -> tuple[int, int]:
 
 
 async def test_more_streams_than_postgres_has_connections_each_get_every_event(setup, drive):
-    """Streams read the database on a doorbell and hold no connection between reads."""
+    """Streams hold no connection of their own: they read the database on a doorbell through the process's
+    few reader threads."""
     run, token = setup
     limit, _ = await sync_to_async(postgres_connections)()
     streams = [stream_events(run, token) for _ in range(limit + 20)]
@@ -294,7 +293,6 @@ async def test_more_streams_than_postgres_has_connections_each_get_every_event(s
 async def test_stream_readers_whose_connections_postgres_ended_read_again_on_new_ones():
     """The reader threads keep their connections between reads; one that Postgres ended (a restart, an idle
     timeout) is replaced at the next read, which does not fail."""
-    from django.db import connection
 
     def backend_pid():
         with connection.cursor() as cursor:
