@@ -8,7 +8,9 @@ approval, continues that trace. Run events and log lines carry the trace id.
 
 Spans are always made (so ids exist for events and logs) and exported only when the standard environment asks:
 `OTEL_TRACES_EXPORTER=otlp` or `console`, or an `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` (OTLP over HTTP, the other
-`OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables as the SDK reads them). `OTEL_SDK_DISABLED=true` makes none.
+`OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables as the SDK reads them). Until something exports them, spans carry
+their ids and nothing else: recording their attributes and times would cost a model call three times as much
+(bench/router.py). `OTEL_SDK_DISABLED=true` makes none.
 """
 
 import os
@@ -20,6 +22,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 __all__ = ["SpanKind", "continued", "failed", "ids", "logged_as", "setup", "span", "trace_id", "traceparent", "tracer"]
@@ -35,11 +38,39 @@ def setup() -> None:
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or isinstance(trace.get_tracer_provider(),
                                                                                 TracerProvider):
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "hil")}))
+    provider = _Provider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "hil")}))
     exporter = _exporter()
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+
+
+class _Provider(TracerProvider):
+    """Records spans once a span processor is added (an exporter, or a test's in-memory one), as the sampler
+    that the environment names (OTEL_TRACES_SAMPLER; by default a parent's decision, else sampled) decides;
+    before, every span is dropped: made with its ids only."""
+
+    def __init__(self, **kwargs):
+        self.exporting = False
+        super().__init__(**kwargs)
+        self.sampler = _WhenExported(self, self.sampler)
+
+    def add_span_processor(self, span_processor) -> None:
+        super().add_span_processor(span_processor)
+        self.exporting = True
+
+
+class _WhenExported(Sampler):
+    def __init__(self, provider: _Provider, exported: Sampler):
+        self.provider, self.exported = provider, exported
+
+    def should_sample(self, *args, **kwargs) -> SamplingResult:
+        if self.provider.exporting:
+            return self.exported.should_sample(*args, **kwargs)
+        return SamplingResult(Decision.DROP)
+
+    def get_description(self) -> str:
+        return f"WhenExported{{{self.exported.get_description()}}}"
 
 
 def _exporter():
