@@ -35,7 +35,8 @@ from django.conf import settings
 
 from core import redis, tracing
 from core.redis import LUA_NOW, script
-from tools.services import pii_redact, secret_value, tool_call_once
+from tools import services as tool_services
+from tools.services import pii_redact, secret_value, tenant_tools, tool_call_once, tools_key
 
 from . import breaker, budgets
 from . import cache as llm_cache
@@ -73,7 +74,7 @@ def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], st
     """`tools`: functions the model may call instead of answering (tools.mediation.tool_specs); an answer that
     calls them has `tool_calls` and no `data`, and is not cached. A model sees the tenant's redacted kinds of
     personal data only as the run's tokens (<EMAIL_1>), which the reply's delivery fills back in."""
-    redacted = None
+    redacted, fresh_s = None, tool_services.CONFIG_TTL_S  # BEFORE checks the redaction settings are still these
     while True:
         config = _configuration(ctx.tenant_id, profile)
         if not config.models:
@@ -81,13 +82,15 @@ def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], st
                 raise StepFailure(f"the tenant has no model profile '{profile}'")
             return _offline(ctx, profile, offline)
         if redacted is None:
-            redacted = messages = [{**m, "content": pii_redact(ctx, m["content"])}
-                                   if isinstance(m.get("content"), str) else m for m in messages]
+            tools_version = tenant_tools(ctx.tenant_id, fresh_s=fresh_s).version  # first: redaction's are as new
+            redacted = [{**m, "content": pii_redact(ctx, m["content"], fresh_s=fresh_s)}
+                        if isinstance(m.get("content"), str) else m for m in messages]
         try:
-            return _complete(_Request(ctx, config, profile, messages, schema, max_tokens,
+            return _complete(_Request(ctx, config, tools_version, profile, redacted, schema, max_tokens,
                                       "none" if tools else cache, tools or None))
-        except _ConfigChanged:  # an operator changed the tenant's models meanwhile: again, with the new ones
+        except _ConfigChanged:  # an operator changed the tenant's models or redaction: again, with the new ones
             _config.pop((ctx.tenant_id, profile), None)
+            redacted, fresh_s = None, 0
 
 
 class _ConfigChanged(Exception):
@@ -100,6 +103,7 @@ class _Request:
 
     ctx: StepContext
     config: "_Config"
+    tools_version: bytes | None  # the tenant's tool configuration (its redaction settings) the prompt was redacted by
     profile: str
     messages: list[dict]
     schema: dict | None
@@ -188,8 +192,9 @@ def _try(req: _Request, model: EndpointModel) -> Answer | None:
         return None
     estimate = _cost_micros(model, req.prompt_tokens, 0, req.max_tokens)
     reservation, budget_keys, args = budgets.reserving(req.limits, estimate)
-    result = script(BEFORE)(keys=[_config_key(ctx.tenant_id), f"{key}:retry-after", *breaker.keys_of(key),
-                                  *budget_keys], args=[req.config.version or b"", breaker.PROBE_S * 1000, *args])
+    result = script(BEFORE)(
+        keys=[_config_key(ctx.tenant_id), tools_key(ctx.tenant_id), f"{key}:retry-after", *breaker.keys_of(key),
+              *budget_keys], args=[req.config.version or b"", req.tools_version or b"", breaker.PROBE_S * 1000, *args])
     if result[0] == 4:
         raise _ConfigChanged
     if result[0] == 2:
@@ -271,26 +276,26 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
     raise StepFailure(f"{name} answered twice with output its schema rejects: {invalid}")
 
 
-# Before a call, in one round trip: the tenant's model configuration still the one this process has, the
-# model's Retry-After mark, its breaker, and the budget reservation (Lua functions of agents.breaker and
-# agents.budgets). KEYS: the configuration's version, the mark, the breaker's keys, the budgets'. ARGV: the
-# version this process read ('' for none), the probe's hold (ms), then the reservation's. Returns {1} reserved;
-# {0, budget, excess} over budget (the breaker untouched: a refused call must not take the probe); {2, ms} asked
-# to wait; {3} breaker open; {4} configuration changed (nothing touched).
+# Before a call, in one round trip: the tenant's model configuration and its redaction settings still the ones
+# this process used, the model's Retry-After mark, its breaker, and the budget reservation (Lua functions of
+# agents.breaker and agents.budgets). KEYS: the two configurations' versions, the mark, the breaker's keys, the
+# budgets'. ARGV: the versions this process read ('' for none), the probe's hold (ms), then the reservation's.
+# Returns {1} reserved; {0, budget, excess} over budget (the breaker untouched: a refused call must not take the
+# probe); {2, ms} asked to wait; {3} breaker open; {4} a configuration changed (nothing touched).
 BEFORE = budgets.FUNCTIONS + breaker.FUNCTIONS + LUA_NOW + """
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return {4} end
-local wait = redis.call('PTTL', KEYS[2])
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] or (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then return {4} end
+local wait = redis.call('PTTL', KEYS[3])
 if wait > 0 then return {2, wait} end
-local k, budget_keys, args = {fails = KEYS[3], open = KEYS[4], probe = KEYS[5]}, {unpack(KEYS, 6)}, {unpack(ARGV, 3)}
+local k, budget_keys, args = {fails = KEYS[4], open = KEYS[5], probe = KEYS[6]}, {unpack(KEYS, 7)}, {unpack(ARGV, 4)}
 local refused = budgets_room(budget_keys, args, now)
 if refused then return refused end
-if breaker_allow(k, ARGV[2], now) == 0 then return {3} end
+if breaker_allow(k, ARGV[3], now) == 0 then return {3} end
 budgets_hold(budget_keys, args, now)
 return {1}
 """
 # After it: the reservation settled, the breaker told, and after a 429 the model's Retry-After mark set; sent
 # without waiting for the reply (core.redis.script), which nobody needs: the agent has its answer. KEYS as
-# BEFORE's but the first: the mark, the breaker's keys, the budgets'. ARGV: the reservation's id, the actual
+# BEFORE's but the first two: the mark, the breaker's keys, the budgets'. ARGV: the reservation's id, the actual
 # cost, the mark's length (ms, 0: none), then "ok" or the failure's arguments (breaker.failure_args).
 AFTER = budgets.FUNCTIONS + breaker.FUNCTIONS + LUA_NOW + """
 local k, budget_keys = {fails = KEYS[2], open = KEYS[3], probe = KEYS[4]}, {unpack(KEYS, 5)}
@@ -356,13 +361,19 @@ def _configuration(tenant_id: int, profile: str) -> _Config:
 def count_tokens(messages: list[dict]) -> int:
     """Tokens in a chat request as OpenAI counts them for cl100k models: each message's content and role,
     plus a few tokens of framing per message and for the reply."""
-    return 3 + sum(4 + len(_encoding().encode(str(m.get("content") or ""))) + _role_tokens(m["role"])
-                   for m in messages)
+    return 3 + sum(4 + _tokens(str(m.get("content") or "")) + _tokens(m["role"]) for m in messages)
 
 
-@functools.cache
-def _role_tokens(role: str) -> int:  # a handful of roles
-    return len(_encoding().encode(role))
+def _tokens(text: str) -> int:
+    return _short_tokens(text) if len(text) <= SHORT_TEXT else len(_encoding().encode(text))
+
+
+SHORT_TEXT = 8192  # a text this long or shorter has its count remembered: a node's system prompt, a role
+
+
+@functools.lru_cache(maxsize=512)
+def _short_tokens(text: str) -> int:
+    return len(_encoding().encode(text))
 
 
 @functools.cache
@@ -445,7 +456,7 @@ def _record(ctx: StepContext, model: EndpointModel | None, profile: str, *, outc
     `model`: the offline model, or a cached answer of `model_name`."""
     latency_ms = round((time.monotonic() - attempt_started) * 1000) if attempt_started else 0
     call = LLMCall(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
-                   endpoint=model.endpoint if model else None, model=model.model if model else model_name,
+                   endpoint_id=model.endpoint_id if model else None, model=model.model if model else model_name,
                    profile=profile, outcome=outcome, error=error, latency_ms=latency_ms, **fields)
     ctx.emit("llm.call", {"node": ctx.node_id, "model": call.model, "endpoint": model.endpoint.name if model else "",
                           "profile": profile, "outcome": outcome, "error": error, "tokens_in": call.tokens_in,

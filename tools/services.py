@@ -244,15 +244,16 @@ FRESH_S = 0.1  # a configuration checked against Redis this recently is taken as
 _tenant_tools: dict[int, tuple[TenantTools, float]] = {}  # tenant -> (configuration, when last checked)
 
 
-def tenant_tools(tenant_id: int) -> TenantTools:
+def tenant_tools(tenant_id: int, *, fresh_s: float = FRESH_S) -> TenantTools:
     """The tenant's tools, grants, policies, limits and redaction settings, as this process last read them: one
-    Redis read (whether they changed) per FRESH_S. A change made in this process is seen at once, in another
-    within FRESH_S."""
+    Redis read (whether they changed) per `fresh_s`. A change made in this process is seen at once, in another
+    within `fresh_s`. A caller that checks `version` itself later passes CONFIG_TTL_S (the model router, in its
+    script before the call)."""
     found, checked = _tenant_tools.get(tenant_id, (None, 0.0))
     now = time.monotonic()
-    if found is not None and now - checked < FRESH_S and found.expires > now:
+    if found is not None and now - checked < fresh_s and found.expires > now:
         return found
-    version = redis.client().get(_tools_key(tenant_id))
+    version = redis.client().get(tools_key(tenant_id))
     if found is not None and found.version == version and found.expires > now:
         _tenant_tools[tenant_id] = (found, now)
         return found
@@ -268,7 +269,7 @@ def tenant_tools(tenant_id: int) -> TenantTools:
     return found
 
 
-def _tools_key(tenant_id: int) -> str:
+def tools_key(tenant_id: int) -> str:
     return f"hil:{{t{tenant_id}}}:tools-config"
 
 
@@ -276,8 +277,8 @@ def tools_changed(tenant_id: int) -> None:
     """Every process reads the tenant's tool configuration again (this one at once, the others within FRESH_S):
     told now, and again after commit, for one that read the old configuration in between."""
     _tenant_tools.pop(tenant_id, None)
-    redis.client().incr(_tools_key(tenant_id))
-    transaction.on_commit(lambda: (_tenant_tools.pop(tenant_id, None), redis.client().incr(_tools_key(tenant_id))))
+    redis.client().incr(tools_key(tenant_id))
+    transaction.on_commit(lambda: (_tenant_tools.pop(tenant_id, None), redis.client().incr(tools_key(tenant_id))))
 
 
 def _shown(obj) -> dict:
@@ -316,9 +317,10 @@ def governed_delete(*, obj, actor) -> None:
 # --- PII: redacted into tokens for models, events and logs; filled back in for the customer
 
 
-def pii_redact(ctx, value):
-    """`value` (a string, or JSON) with the personal data the tenant redacts replaced by the run's tokens."""
-    entities = tenant_tools(ctx.tenant_id).redaction
+def pii_redact(ctx, value, *, fresh_s: float = FRESH_S):
+    """`value` (a string, or JSON) with the personal data the tenant redacts replaced by the run's tokens.
+    `fresh_s`: as tenant_tools takes it."""
+    entities = tenant_tools(ctx.tenant_id, fresh_s=fresh_s).redaction
     if not entities:
         return value
     if ctx.pii_vault is None:  # most values hold none: the run's stored tokens are read only once one does

@@ -16,7 +16,9 @@ from agents.registry import StepContext
 from accounts.models import Tenant
 from agents.tests.conftest import LLM_TEST_KEY
 from core.errors import ServiceError
-from tools.services import secret_set
+from core import redis
+from tools.models import RedactionSettings
+from tools.services import secret_set, tools_key
 from workflows import services
 from workflows.models import Run, RunEvent
 
@@ -235,6 +237,24 @@ def test_a_change_to_the_tenants_models_is_used_by_the_next_call_of_a_process_th
     profile_save(tenant=tenant, name="fast", entries=[("backup", "spare")])
     models.script(local_llm.json_answer(REFUND), model="spare")
     assert models_used() == [("spare", "ok")]
+
+
+def test_redaction_turned_on_by_another_process_is_applied_to_the_next_prompt_sent(tenant, converse, models):
+    """The router takes the redaction settings it read last, and its script before the call checks that they are
+    still the tenant's: changed, it reads them and redacts the prompt again before anything is sent."""
+    RedactionSettings.objects.create(tenant=tenant, email=False)
+    _, run = converse(tenant, classify())  # the run whose tokens the address gets
+    ctx = StepContext(tenant_id=tenant.id, run_id=str(run.id), node_id="answer", attempt=1, config={}, state={})
+    models.script(local_llm.text("ok"), local_llm.text("ok"), model="primary")
+
+    def sent(text: str) -> str:
+        router.complete(ctx, messages=[{"role": "user", "content": text}], profile="fast", cache="none", offline=str)
+        return models.requests[-1].messages[-1]["content"]
+
+    assert sent("Mail me at ada@example.org") == "Mail me at ada@example.org"  # read and kept by this process
+    RedactionSettings.objects.filter(tenant=tenant).update(email=True)  # as another process's operator would:
+    redis.client().incr(tools_key(tenant.id))  # that process's tools_changed, which this one's cache did not see
+    assert sent("Mail me at ada@example.org") == "Mail me at <EMAIL_1>"
 
 
 def test_the_responder_writes_the_reply_through_a_model_and_keeps_its_template_offline(tenant, converse, drive,
