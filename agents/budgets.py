@@ -13,9 +13,10 @@ Keys name the tenant inside braces (`hil:{t42}:budget:...`): tenants never share
 a Redis Cluster all of a tenant's keys hash to one slot, as a script touching several of them needs.
 """
 
+import functools
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
 
 from core.redis import LUA_NOW, caught_up, client, script
@@ -47,9 +48,14 @@ class Budget:
     def month(cls, *, tenant_id: int, limit_micros: int | None, at: datetime | None = None) -> "Budget":
         """The tenant's budget for the calendar month (UTC) of `at`, by default now on this worker's clock."""
         at = (at or _now()).astimezone(timezone.utc)
-        next_month = (at.replace(day=1, hour=0, minute=0, second=0, microsecond=0) + timedelta(days=32)).replace(day=1)
         return cls("month", f"hil:{{t{tenant_id}}}:budget:month:{at:%Y-%m}", limit_micros,
-                   int(next_month.timestamp()) + MONTH_GRACE_S)
+                   _month_end(at.year, at.month) + MONTH_GRACE_S)
+
+
+@functools.lru_cache(maxsize=4)
+def _month_end(year: int, month: int) -> int:
+    """The unix time at which the month ends (UTC)."""
+    return int(datetime(year + month // 12, month % 12 + 1, 1, tzinfo=timezone.utc).timestamp())
 
 
 @dataclass(frozen=True)
