@@ -21,6 +21,7 @@ costs nothing. It is not an LLM. A profile that is neither fails the step.
 
 import functools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -35,7 +36,6 @@ from django.conf import settings
 
 from core import redis, tracing
 from core.redis import LUA_NOW, script
-from tools import services as tool_services
 from tools.services import pii_redact, secret_value, tenant_tools, tool_call_once, tools_key
 
 from . import breaker, budgets
@@ -74,7 +74,8 @@ def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], st
     """`tools`: functions the model may call instead of answering (tools.mediation.tool_specs); an answer that
     calls them has `tool_calls` and no `data`, and is not cached. A model sees the tenant's redacted kinds of
     personal data only as the run's tokens (<EMAIL_1>), which the reply's delivery fills back in."""
-    redacted, fresh_s = None, tool_services.CONFIG_TTL_S  # BEFORE checks the redaction settings are still these
+    # The redaction settings this process has, whatever their age: BEFORE checks that they are still the tenant's.
+    redacted, fresh_s = None, math.inf
     while True:
         config = _configuration(ctx.tenant_id, profile)
         if not config.models:
@@ -82,15 +83,15 @@ def complete(ctx: StepContext, *, messages: list[dict], offline: Callable[[], st
                 raise StepFailure(f"the tenant has no model profile '{profile}'")
             return _offline(ctx, profile, offline)
         if redacted is None:
-            tools_version = tenant_tools(ctx.tenant_id, fresh_s=fresh_s).version  # first: redaction's are as new
-            redacted = [{**m, "content": pii_redact(ctx, m["content"], fresh_s=fresh_s)}
+            tools_version = tenant_tools(ctx.tenant_id, fresh_s=fresh_s).version
+            redacted = [{**m, "content": pii_redact(ctx, m["content"], fresh_s=math.inf)}  # by that copy
                         if isinstance(m.get("content"), str) else m for m in messages]
         try:
             return _complete(_Request(ctx, config, tools_version, profile, redacted, schema, max_tokens,
                                       "none" if tools else cache, tools or None))
         except _ConfigChanged:  # an operator changed the tenant's models or redaction: again, with the new ones
             _config.pop((ctx.tenant_id, profile), None)
-            redacted, fresh_s = None, 0
+            redacted, fresh_s = None, 0  # read them again, once
 
 
 class _ConfigChanged(Exception):
@@ -364,11 +365,11 @@ def count_tokens(messages: list[dict]) -> int:
     return 3 + sum(4 + _tokens(str(m.get("content") or "")) + _tokens(m["role"]) for m in messages)
 
 
+SHORT_TEXT = 8192  # a text this long or shorter has its count remembered: a node's system prompt, a role
+
+
 def _tokens(text: str) -> int:
     return _short_tokens(text) if len(text) <= SHORT_TEXT else len(_encoding().encode(text))
-
-
-SHORT_TEXT = 8192  # a text this long or shorter has its count remembered: a node's system prompt, a role
 
 
 @functools.lru_cache(maxsize=512)

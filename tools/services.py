@@ -247,8 +247,8 @@ _tenant_tools: dict[int, tuple[TenantTools, float]] = {}  # tenant -> (configura
 def tenant_tools(tenant_id: int, *, fresh_s: float = FRESH_S) -> TenantTools:
     """The tenant's tools, grants, policies, limits and redaction settings, as this process last read them: one
     Redis read (whether they changed) per `fresh_s`. A change made in this process is seen at once, in another
-    within `fresh_s`. A caller that checks `version` itself later passes CONFIG_TTL_S (the model router, in its
-    script before the call)."""
+    within `fresh_s`. A caller that checks `version` itself later passes math.inf, any copy not expired yet
+    (the model router, in its script before the call)."""
     found, checked = _tenant_tools.get(tenant_id, (None, 0.0))
     now = time.monotonic()
     if found is not None and now - checked < fresh_s and found.expires > now:
