@@ -11,8 +11,9 @@ import time
 def timed(make_call, callers: int, calls: int, spread_s: float = 0) -> dict:
     """Run `callers` processes (forked: close database connections first). Each makes its call with
     `make_call()`, calls it once to warm up, waits for the others, waits a random part of `spread_s` (callers
-    that start apart, as customers do) and calls it `calls` times. A call may return a figure of its own (ms).
-    Returns p50/p95 of the calls' times and of their own figures (ms), and the wall time per call (ms)."""
+    that start apart, as customers do) and calls it `calls` times. A call may return figures of its own (a tuple
+    of ms). Returns p50/p95 of the calls' times and of each of their own figures (ms), and the wall time per call
+    (ms)."""
     fork = multiprocessing.get_context("fork")
     start, results = fork.Barrier(callers + 1), fork.Queue()
     processes = [fork.Process(target=_caller, args=(make_call, calls, spread_s, start, results))
@@ -29,7 +30,7 @@ def timed(make_call, callers: int, calls: int, spread_s: float = 0) -> dict:
     wall_ms = (time.perf_counter() - t0) * 1000
     for process in processes:
         process.join()
-    return {"p": pct(samples), "own": pct(own) if own else None, "per_call": wall_ms / len(samples)}
+    return {"p": pct(samples), "own": [pct(figures) for figures in zip(*own)], "per_call": wall_ms / len(samples)}
 
 
 def _caller(make_call, calls: int, spread_s: float, start, results) -> None:
@@ -42,7 +43,7 @@ def _caller(make_call, calls: int, spread_s: float, start, results) -> None:
         t0 = time.perf_counter()
         figure = call()
         samples.append((time.perf_counter() - t0) * 1000)
-        if isinstance(figure, float):
+        if isinstance(figure, tuple):
             own.append(figure)
     results.put((samples, own))
 
