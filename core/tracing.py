@@ -6,16 +6,16 @@ The hop is the run's row, not the task's message: a run keeps the traceparent of
 (`Run.trace_parent`), and every task that walks it, first or after a retry, a takeover by the sweeper or an
 approval, continues that trace. Run events and log lines carry the trace id.
 
-Spans are always made (so ids exist for events and logs) and exported only when the standard environment asks:
-`OTEL_TRACES_EXPORTER=otlp` or `console`, or an `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` (OTLP over HTTP, the other
-`OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables as the SDK reads them). Until something exports them, spans carry
-their ids and nothing else: recording them would cost twice as much (a model call's span: 28 against 13 µs, in
-bench/README.md). `OTEL_SDK_DISABLED=true` makes none.
+Spans are exported only when the standard environment asks: `OTEL_TRACES_EXPORTER=otlp` or `console`, or an
+`OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` (OTLP over HTTP, the other `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables
+as the SDK reads them). Until something exports them, a trace's first span is made with its ids and nothing else
+(the trace id goes in events and logs), and no span inside it is made: recording a model call's span would cost
+28 µs, making it unrecorded 13 (bench/README.md), for ids that lead nowhere. `OTEL_SDK_DISABLED=true` makes none.
 """
 
 import os
 import secrets
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 
 from opentelemetry import context, propagate, trace
@@ -115,10 +115,23 @@ def continued(parent: str):
         context.detach(token)
 
 
-@contextmanager
 def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, **attributes):
     """A span made current for the block. An exception leaving it marks it failed with the exception's type only:
-    its message may hold what a customer wrote, and spans leave the platform."""
+    its message may hold what a customer wrote, and spans leave the platform. Until something records spans, the
+    block inside a span gets that span, not one of its own."""
+    around = trace.get_current_span()
+    if not recording() and around.get_span_context().is_valid:
+        return nullcontext(around)
+    return _span(name, kind, attributes)
+
+
+def recording() -> bool:
+    """Whether spans are recorded: something exports them."""
+    return getattr(trace.get_tracer_provider(), "exporting", False)
+
+
+@contextmanager
+def _span(name: str, kind: SpanKind, attributes: dict):
     with tracer.start_as_current_span(name, kind=kind, attributes=_clean(attributes), record_exception=False,
                                       set_status_on_exception=False) as current:
         try:
