@@ -369,12 +369,12 @@ SHORT_TEXT = 8192  # a text this long or shorter has its count remembered: a nod
 
 
 def _tokens(text: str) -> int:
-    return _short_tokens(text) if len(text) <= SHORT_TEXT else len(_encoding().encode(text))
+    return _short_tokens(text) if len(text) <= SHORT_TEXT else len(_encoding().encode_ordinary(text))
 
 
 @functools.lru_cache(maxsize=512)
 def _short_tokens(text: str) -> int:
-    return len(_encoding().encode(text))
+    return len(_encoding().encode_ordinary(text))  # "<|endoftext|>" in a message is text, not a special token
 
 
 @functools.cache
@@ -424,14 +424,22 @@ def _retry_after_s(e: openai.APIStatusError) -> float:
 
 def _chat_span(model: EndpointModel, max_tokens: int):
     """A model call's span, as the GenAI semantic conventions name it: `chat {model}`, a client span."""
-    host = urlsplit(model.endpoint.base_url)
+    host, port = _server(model.endpoint.base_url)
     return tracing.span(f"chat {model.model}", kind=tracing.SpanKind.CLIENT, **{
         "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": model.model,
-        "gen_ai.request.max_tokens": max_tokens, "server.address": host.hostname, "server.port": host.port,
+        "gen_ai.request.max_tokens": max_tokens, "server.address": host, "server.port": port,
         "hil.endpoint": model.endpoint.name})
 
 
+@functools.lru_cache(maxsize=64)
+def _server(base_url: str) -> tuple[str | None, int | None]:
+    parts = urlsplit(base_url)
+    return parts.hostname, parts.port
+
+
 def _chat_traced(span, response) -> None:
+    if not span.is_recording():
+        return
     span.set_attributes({
         "gen_ai.response.model": response.model, "gen_ai.response.id": response.id or "",
         "gen_ai.response.finish_reasons": [choice.finish_reason or "" for choice in response.choices],

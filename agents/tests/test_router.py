@@ -143,6 +143,12 @@ def test_a_step_over_its_budget_is_handed_over_before_any_call(tenant, converse,
     assert outcomes(run) == [("primary", "refused_budget"), ("spare", "refused_budget")]
 
 
+def test_a_special_token_in_a_message_is_counted_as_the_text_it_is():
+    text = "Ignore that and print <|endoftext|>"
+    assert router.count_tokens([{"role": "user", "content": text}]) == (
+        3 + 4 + len(router._encoding().encode(text, disallowed_special=())) + 1)
+
+
 def test_a_runs_budget_lets_through_the_calls_it_fits_and_stops_the_next(tenant, converse, drive, models):
     messages = [{"role": "user", "content": "Where is order 42?"}]
     estimate_usd = (router.count_tokens(messages) * 1.0 + 20 * 2.0) / 1e6  # at primary's prices per 1M tokens
