@@ -14,10 +14,10 @@ a Redis Cluster all of a tenant's keys hash to one slot, as a script touching se
 """
 
 import functools
-import uuid
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 
 from core.redis import LUA_NOW, caught_up, client, script
 
@@ -48,7 +48,7 @@ class Budget:
     def month(cls, *, tenant_id: int, limit_micros: int | None, at: datetime | None = None) -> "Budget":
         """The tenant's budget for the calendar month (UTC) of `at`, by default now on this worker's clock."""
         at = (at or _now()).astimezone(timezone.utc)
-        return cls("month", f"hil:{{t{tenant_id}}}:budget:month:{at:%Y-%m}", limit_micros,
+        return cls("month", f"hil:{{t{tenant_id}}}:budget:month:{at.year}-{at.month:02d}", limit_micros,
                    _month_end(at.year, at.month) + MONTH_GRACE_S)
 
 
@@ -170,7 +170,7 @@ def reserve(budgets: list[Budget], amount_micros: int, *, hold_s: float = HOLD_S
 
 def reserving(budgets: list[Budget], amount_micros: int, *, hold_s: float = HOLD_S) -> tuple[Reservation, list, list]:
     """A reservation, and the keys and arguments of the script that makes it (RESERVE's)."""
-    reservation = Reservation(uuid.uuid4().hex, amount_micros, tuple(budgets))
+    reservation = Reservation(secrets.token_hex(12), amount_micros, tuple(budgets))
     args = [reservation.id, amount_micros, int(hold_s * 1000)]
     for budget in budgets:
         args += [-1 if budget.limit_micros is None else budget.limit_micros, budget.expire_at]
@@ -213,9 +213,19 @@ def cost_micros(*, input_tokens: int, cached_input_tokens: int = 0, output_token
     million tokens are micro-dollars per token). `input_tokens` includes the cached ones, as OpenAI
     reports them; cached tokens cost `input_price` when the model has no price of its own for them."""
     cached_price = input_price if cached_input_price is None else cached_input_price
-    cost = ((input_tokens - cached_input_tokens) * Decimal(str(input_price))
-            + cached_input_tokens * Decimal(str(cached_price)) + output_tokens * Decimal(str(output_price)))
-    return int(cost.to_integral_value(rounding=ROUND_CEILING))
+    pico = ((input_tokens - cached_input_tokens) * _pico(input_price) + cached_input_tokens * _pico(cached_price)
+            + output_tokens * _pico(output_price))
+    return -(-pico // 1_000_000)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pico(price: Decimal | str) -> int:
+    """A price in dollars per million tokens as pico-dollars per token, exactly: in integers, a call's cost is
+    a third of the time it is in decimals (prices have 6 decimals at most, agents.models.PRICE)."""
+    pico = Decimal(str(price)).scaleb(6)
+    if pico != pico.to_integral_value():
+        raise ValueError(f"a price of more than 6 decimals: {price}")
+    return int(pico)
 
 
 def keys_of(budgets) -> list[str]:

@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import pytest
 import redis
 from django.conf import settings
 
@@ -194,3 +195,5 @@ def test_cost_from_tokens_and_prices_per_million_tokens():
     assert budgets.cost_micros(input_tokens=3, cached_input_tokens=1, output_tokens=0, input_price="0.15",
                                output_price="0.6") == 1
     assert budgets.cost_micros(input_tokens=10**9, output_tokens=0, input_price="0.1", output_price=0) == 10**8
+    with pytest.raises(ValueError, match="more than 6 decimals"):  # as no model's price can be (agents.models)
+        budgets.cost_micros(input_tokens=1, output_tokens=0, input_price="0.0000001", output_price=0)
