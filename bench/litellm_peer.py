@@ -6,12 +6,17 @@ and for `litellm.completion`, against the same local server, with the same calle
 """
 
 import json
+import os
 import sys
 
-import litellm
-import openai
+# LiteLLM's own table of model prices, not a thread that fetches GitHub's copy: a caller forked while that thread
+# is inside OpenSSL waits forever for its lock (seen here, offline: it retries).
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-from callers import timed
+import litellm  # noqa: E402
+import openai  # noqa: E402
+
+from callers import timed  # noqa: E402
 
 MESSAGES = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Where is order 42?"}]
 
