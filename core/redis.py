@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 
+import hiredis
 import redis
 from django.conf import settings
 from redis.exceptions import ConnectionError, NoScriptError
@@ -43,11 +44,12 @@ def script(lua: str):
         connection = _connection()
         caught_up()
         command = ("EVALSHA", sha, len(keys), *keys, *args)
+        packed = [hiredis.pack_command(command)]  # as redis-py packs it, without its walk over the arguments
         try:
-            connection.send_command(*command)
+            connection.send_packed_command(packed)
         except ConnectionError:  # it had dropped while idle
             connection.disconnect()
-            connection.send_command(*command)
+            connection.send_packed_command(packed)
         if not wait:
             _own.pending = (command, lua)
             return None
