@@ -305,7 +305,7 @@ def masked(text: str) -> str:
 
 
 # Texts this short found clean, with the entities looked for: a node's system prompt, sent with every model call,
-# is looked through once. A text with personal data in it is never kept.
+# is looked through once. A text holding personal data of a kind looked for is never kept.
 CLEAN_TEXT = 8192
 _clean: set[tuple[str, tuple]] = set()
 
