@@ -120,12 +120,12 @@ def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, **attributes):
     its message may hold what a customer wrote, and spans leave the platform. Until something records spans, the
     block inside a span gets that span, not one of its own."""
     around = trace.get_current_span()
-    if not recording() and around.get_span_context().is_valid:
+    if not _recording() and around.get_span_context().is_valid:
         return nullcontext(around)
     return _span(name, kind, attributes)
 
 
-def recording() -> bool:
+def _recording() -> bool:
     """Whether spans are recorded: something exports them."""
     return getattr(trace.get_tracer_provider(), "exporting", False)
 

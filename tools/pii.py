@@ -311,6 +311,7 @@ _clean: set[tuple[str, tuple]] = set()
 
 
 def redact(text: str, *, vault: Vault, entities=ENTITIES) -> str:
+    entities = tuple(entities)  # any sequence, as find takes it, and a key of _clean
     if (text, entities) in _clean:
         return text
     parts, last = [], 0

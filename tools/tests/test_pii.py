@@ -116,7 +116,7 @@ def test_a_text_found_clean_is_looked_through_once_and_one_with_personal_data_is
     with monkeypatch.context() as patched:
         patched.setattr(pii, "find", None)  # looked through again, it would fail
         assert pii.redact(phone, vault=pii.Vault(), entities=("email",)) == phone
-    assert pii.redact(phone, vault=pii.Vault(), entities=("email", "phone")) == "Call me on <PHONE_1>"
+    assert pii.redact(phone, vault=pii.Vault(), entities=["email", "phone"]) == "Call me on <PHONE_1>"
     assert pii.redact(email, vault=pii.Vault()) == "Write to <EMAIL_1>"
     assert (phone, ("email", "phone")) not in pii._clean and not any(text == email for text, _ in pii._clean)
 
