@@ -193,9 +193,12 @@ def _try(req: _Request, model: EndpointModel) -> Answer | None:
         return None
     estimate = _cost_micros(model, req.prompt_tokens, 0, req.max_tokens)
     reservation, budget_keys, args = budgets.reserving(req.limits, estimate)
-    result = script(BEFORE)(
+    script(BEFORE)(
         keys=[_config_key(ctx.tenant_id), tools_key(ctx.tenant_id), f"{key}:retry-after", *breaker.keys_of(key),
-              *budget_keys], args=[req.config.version or b"", req.tools_version or b"", breaker.PROBE_S * 1000, *args])
+              *budget_keys], args=[req.config.version or b"", req.tools_version or b"", breaker.PROBE_S * 1000, *args],
+        wait=False)
+    call = _row(ctx, model, req.profile)  # made while Redis runs the script: the attempt has a row unless skipped
+    result = redis.reply()
     if result[0] == 4:
         raise _ConfigChanged
     if result[0] == 2:
@@ -203,21 +206,23 @@ def _try(req: _Request, model: EndpointModel) -> Answer | None:
         req.retry_after.append(result[1] / 1000)
         return None
     if result[0] == 3:
-        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.BREAKER_OPEN, error="circuit breaker open")
+        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.BREAKER_OPEN, error="circuit breaker open", call=call)
         req.skipped.append(f"{name}: circuit breaker open")
         return None
     if isinstance(reservation := budgets.outcome(reservation, result), budgets.Refusal):
         refusal = (f"{name} needs about ${Decimal(estimate) / MICROS:.6f}, "
                    f"${Decimal(reservation.over_micros) / MICROS:.6f} more than the {reservation.budget.scope} "
                    "budget has left")
-        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.REFUSED_BUDGET, error=refusal)
+        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.REFUSED_BUDGET, error=refusal, call=call)
         req.refusals.append((refusal, reservation.budget.scope, reservation.over_micros))
         return None
-    return _attempt(req, model, key, reservation)
+    return _attempt(req, model, key, reservation, call)
 
 
-def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets.Reservation) -> Answer | None:
-    """Call one model, asking once more if its answer does not match the schema. None: try the next one."""
+def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets.Reservation,
+             call: LLMCall) -> Answer | None:
+    """Call one model, asking once more if its answer does not match the schema (each asking its own `call`
+    row, the first one given). None: try the next one."""
     ctx, schema, name = req.ctx, req.schema, f"{model.endpoint.name}/{model.model}"
     api_key = req.config.keys[model.endpoint_id]
     client = _client(model.endpoint.base_url, api_key)
@@ -233,6 +238,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
                                                    f"against this JSON Schema: {json.dumps(schema)}"}]
     spent = 0
     for asked in (1, 2):
+        call = call if asked == 1 else _row(ctx, model, req.profile)
         started = time.monotonic()
         timeout_s = min(ctx.remaining() or settings.HIL_LLM_CALL_TIMEOUT_S, settings.HIL_LLM_CALL_TIMEOUT_S)
         try:
@@ -248,7 +254,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
             if wait_s:
                 req.retry_after.append(wait_s)
             _after(key, reservation, spent, failed=True, wait_s=wait_s)
-            _record(ctx, model, req.profile, outcome=outcome, error=error, attempt_started=started)
+            _record(ctx, model, req.profile, outcome=outcome, error=error, attempt_started=started, call=call)
             req.skipped.append(f"{name}: {error}")
             return None
         usage = response.usage
@@ -264,12 +270,12 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
                       prompt=request["messages"] if req.store else None, completion=text if req.store else None)
         if invalid is None:
             _after(key, reservation, spent)
-            _record(ctx, model, req.profile, outcome=LLMCall.Outcome.OK, **record)
+            _record(ctx, model, req.profile, outcome=LLMCall.Outcome.OK, call=call, **record)
             return Answer(text=text, data=data, model=model.model, cost=Decimal(spent) / MICROS,
                           tool_calls=calls,
                           usage={"model": model.model, "tokens_in": usage.prompt_tokens,
                                  "tokens_out": usage.completion_tokens, "calls": asked})
-        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.INVALID_OUTPUT, error=invalid, **record)
+        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.INVALID_OUTPUT, error=invalid, call=call, **record)
         request["messages"] = [*request["messages"], {"role": "assistant", "content": text},
                                {"role": "user", "content": f"That answer is not valid: {invalid}. Answer again, "
                                                            "with only the JSON object."}]
@@ -459,14 +465,24 @@ def _cost_micros(model: EndpointModel, tokens_in: int, cached: int, tokens_out: 
                                output_price=model.output_price)
 
 
-def _record(ctx: StepContext, model: EndpointModel | None, profile: str, *, outcome: str, error: str = "",
-            attempt_started: float | None = None, model_name: str = OfflineModel.name, **fields) -> None:
-    """The call's row and its event in the run (no prompt, no key), committed with the step's outcome. Without
-    `model`: the offline model, or a cached answer of `model_name`."""
-    latency_ms = round((time.monotonic() - attempt_started) * 1000) if attempt_started else 0
-    call = LLMCall(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
+def _row(ctx: StepContext, model: EndpointModel | None, profile: str, model_name: str = OfflineModel.name) -> LLMCall:
+    """An attempt's row, without its outcome yet. Without `model`: the offline model, or a cached answer of
+    `model_name`."""
+    return LLMCall(tenant_id=ctx.tenant_id, run_id=ctx.run_id, node_id=ctx.node_id, attempt=ctx.attempt,
                    endpoint_id=model.endpoint_id if model else None, model=model.model if model else model_name,
-                   profile=profile, outcome=outcome, error=error, latency_ms=latency_ms, **fields)
+                   profile=profile)
+
+
+def _record(ctx: StepContext, model: EndpointModel | None, profile: str, *, outcome: str, error: str = "",
+            attempt_started: float | None = None, model_name: str = OfflineModel.name, call: LLMCall | None = None,
+            **fields) -> None:
+    """The attempt's row (`call`, else a new one: see _row) and its event in the run (no prompt, no key), committed
+    with the step's outcome."""
+    latency_ms = round((time.monotonic() - attempt_started) * 1000) if attempt_started else 0
+    call = call or _row(ctx, model, profile, model_name)
+    call.outcome, call.error, call.latency_ms = outcome, error, latency_ms
+    for name, value in fields.items():
+        setattr(call, name, value)
     ctx.emit("llm.call", {"node": ctx.node_id, "model": call.model, "endpoint": model.endpoint.name if model else "",
                           "profile": profile, "outcome": outcome, "error": error, "tokens_in": call.tokens_in,
                           "tokens_out": call.tokens_out, "cost": str(call.cost), "latency_ms": latency_ms,

@@ -34,10 +34,11 @@ def script(lua: str):
     does not know it) on this thread's own connection, which costs half what a command through redis-py's pool
     and its instrumentation costs (the model router runs two scripts per call: bench/router.py).
 
-    `wait=False` sends it and returns None: its reply is read before this thread's next script (and `caught_up`),
-    a failure then logged. For a script whose reply nobody needs (a model call's settlement): Redis runs it as
-    soon as it arrives, and the caller does not wait a round trip for the acknowledgement. A script may run twice
-    (sent again when the connection dropped): each here is written to tolerate it."""
+    `wait=False` sends it and returns None: its reply is read by `reply()`, else before this thread's next script
+    (and `caught_up`), a failure then logged. Redis runs it as soon as it arrives: the caller does other work
+    meanwhile (the router builds a call's row while its reservation is made), or none at all with the reply for a
+    script whose reply nobody needs (a model call's settlement). A script may run twice (sent again when the
+    connection dropped): each here is written to tolerate it."""
     sha = hashlib.sha1(lua.encode()).hexdigest()
 
     def run(*, keys=(), args=(), wait: bool = True):
@@ -83,6 +84,13 @@ def _reply(connection: redis.Connection, command: tuple, lua: str):
         except (NoScriptError, ConnectionError):
             if retry == 2:
                 raise
+
+
+def reply():
+    """The reply to the script this thread sent without waiting: its result, or its failure raised."""
+    command, lua = _own.pending
+    _own.pending = None
+    return _reply(_own.connection, command, lua)
 
 
 def caught_up() -> None:

@@ -34,6 +34,18 @@ def test_a_script_sent_without_waiting_has_run_once_caught_up(key):
     assert redis.script(INCR)(keys=[key], args=[10]) == 15
 
 
+def test_the_reply_to_a_script_sent_without_waiting_is_had_when_asked_for_its_failure_raised(key):
+    redis.script(INCR)(keys=[key], args=[7], wait=False)
+    redis.client().incrby(key, 100)  # other work meanwhile
+    assert redis.reply() == 7
+    redis.caught_up()  # nothing pending any more: the reply is not read twice
+    assert redis.script(INCR)(keys=[key], args=[1]) == 108
+    redis.script(FAILS)(args=["y"], wait=False)
+    with pytest.raises(redis.redis.ResponseError, match="no such thing: y"):
+        redis.reply()
+    assert redis.script(INCR)(keys=[key], args=[1]) == 109
+
+
 def test_a_failure_of_a_script_sent_without_waiting_is_logged_not_raised_at_the_next(key, caplog):
     redis.script(FAILS)(args=["x"], wait=False)
     with caplog.at_level(logging.ERROR, logger="core.redis"):
