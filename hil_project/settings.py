@@ -275,7 +275,10 @@ LOGGING = {
                    "text": {"format": "%(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": os.environ.get("HIL_LOG_FORMAT", "json")}},
     "root": {"handlers": ["console"], "level": os.environ.get("HIL_LOG_LEVEL", "INFO")},
-    # sqlglot warns of each statement it reads as a generic command, which the SQL guard then refuses anyway.
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "sqlglot": {"level": "ERROR"}},
+    # sqlglot warns of each statement it reads as a generic command, which the SQL guard then refuses anyway. httpx
+    # (and httpx2, the `openai` client's) log each request with its URL: a line per model or tool call, which their
+    # llm.call and tool events record already, and a URL may carry a token.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "sqlglot": {"level": "ERROR"},
+                "httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / ".data" / "celerybeat-schedule")

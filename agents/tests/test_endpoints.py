@@ -387,6 +387,7 @@ def test_another_tenants_admin_can_neither_see_nor_use_endpoints_or_profiles(
 
 def test_no_response_error_or_log_line_holds_a_key(api, tenant, keys, llm_server, caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx2")  # the `openai` client's requests, at WARNING in the settings
     body = {"name": "local", "base_url": llm_server.base_url, "api_key_secret": "stale-key", "models": [MINI]}
     responses = [api.post("/api/v1/model-endpoints/", body, format="json")]
     assert responses[-1].json()["detail"] == "401 from the endpoint: the API key was refused"
