@@ -185,10 +185,10 @@ def _budget_raise(ctx: StepContext, over_micros: int, refusals: list) -> None:
 
 def _try(req: _Request, model: EndpointModel) -> Answer | None:
     """One model of the profile, unless it is to be skipped; None: try the next one."""
-    ctx, name = req.ctx, f"{model.endpoint.name}/{model.model}"
+    ctx = req.ctx
     key = breaker.model_key(tenant_id=ctx.tenant_id, endpoint=model.endpoint_id, model=model.model)
     if req.prompt_tokens + req.max_tokens > model.context_window:
-        req.skipped.append(f"{name}: {req.prompt_tokens} + {req.max_tokens} tokens do not fit its window of "
+        req.skipped.append(f"{_name(model)}: {req.prompt_tokens} + {req.max_tokens} tokens do not fit its window of "
                            f"{model.context_window}")
         return None
     estimate = _cost_micros(model, req.prompt_tokens, 0, req.max_tokens)
@@ -202,15 +202,15 @@ def _try(req: _Request, model: EndpointModel) -> Answer | None:
     if result[0] == 4:
         raise _ConfigChanged
     if result[0] == 2:
-        req.skipped.append(f"{name}: asked to wait {result[1] / 1000:.1f} s more (Retry-After)")
+        req.skipped.append(f"{_name(model)}: asked to wait {result[1] / 1000:.1f} s more (Retry-After)")
         req.retry_after.append(result[1] / 1000)
         return None
     if result[0] == 3:
         _record(ctx, model, req.profile, outcome=LLMCall.Outcome.BREAKER_OPEN, error="circuit breaker open", call=call)
-        req.skipped.append(f"{name}: circuit breaker open")
+        req.skipped.append(f"{_name(model)}: circuit breaker open")
         return None
     if isinstance(reservation := budgets.outcome(reservation, result), budgets.Refusal):
-        refusal = (f"{name} needs about ${Decimal(estimate) / MICROS:.6f}, "
+        refusal = (f"{_name(model)} needs about ${Decimal(estimate) / MICROS:.6f}, "
                    f"${Decimal(reservation.over_micros) / MICROS:.6f} more than the {reservation.budget.scope} "
                    "budget has left")
         _record(ctx, model, req.profile, outcome=LLMCall.Outcome.REFUSED_BUDGET, error=refusal, call=call)
@@ -223,7 +223,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
              call: LLMCall) -> Answer | None:
     """Call one model, asking once more if its answer does not match the schema (each asking its own `call`
     row, the first one given). None: try the next one."""
-    ctx, schema, name = req.ctx, req.schema, f"{model.endpoint.name}/{model.model}"
+    ctx, schema = req.ctx, req.schema
     api_key = req.config.keys[model.endpoint_id]
     client = _client(model.endpoint.base_url, api_key)
     request = {"model": model.model, "messages": list(req.messages), "max_tokens": req.max_tokens}
@@ -255,7 +255,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
                 req.retry_after.append(wait_s)
             _after(key, reservation, spent, failed=True, wait_s=wait_s)
             _record(ctx, model, req.profile, outcome=outcome, error=error, attempt_started=started, call=call)
-            req.skipped.append(f"{name}: {error}")
+            req.skipped.append(f"{_name(model)}: {error}")
             return None
         usage = response.usage
         cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None) or 0
@@ -280,7 +280,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
                                {"role": "user", "content": f"That answer is not valid: {invalid}. Answer again, "
                                                            "with only the JSON object."}]
     _after(key, reservation, spent)
-    raise StepFailure(f"{name} answered twice with output its schema rejects: {invalid}")
+    raise StepFailure(f"{_name(model)} answered twice with output its schema rejects: {invalid}")
 
 
 # Before a call, in one round trip: the tenant's model configuration and its redaction settings still the ones
@@ -395,6 +395,11 @@ def _offline(ctx: StepContext, profile: str, offline: Callable[[], str | dict]) 
     if isinstance(result, dict):
         return Answer(text=json.dumps(result), data=result, model=OfflineModel.name, usage={"model": OfflineModel.name})
     return Answer(text=result, model=OfflineModel.name, usage={"model": OfflineModel.name})
+
+
+def _name(model: EndpointModel) -> str:
+    """A model as a reason it was passed over names it (made only then: a call that goes needs no name)."""
+    return f"{model.endpoint.name}/{model.model}"
 
 
 def _parsed(text: str, schema: dict) -> tuple[dict | None, str | None]:
