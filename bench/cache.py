@@ -166,16 +166,16 @@ def fill(tenant: Tenant, scope: str, entries: int) -> None:
     # A connection of its own with pgvector's binary adapters, which Django's must not get.
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
         register_vector(conn)
-        columns = ("tenant_id", "scope", "request_hash", "context_hash", "messages", "answer", "model", "cost",
-                   "embedding", "created_at", "expires_at")
+        columns = ("tenant_id", "scope", "request_hash", "context_hash", "answer", "model", "cost", "embedding",
+                   "created_at", "expires_at")
         with conn.cursor().copy(f"COPY agents_cachedanswer ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "varchar", "varchar", "varchar", "text", "text", "varchar", "numeric", "vector",
+            copy.set_types(["int8", "varchar", "varchar", "varchar", "text", "varchar", "numeric", "vector",
                             "timestamptz", "timestamptz"])
             for start in range(0, entries, 10_000):
                 vectors = rng.standard_normal((min(10_000, entries - start), embeddings.DIMENSIONS), dtype=np.float32)
                 vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
                 for i, vector in enumerate(vectors, start):
-                    copy.write_row((tenant.id, scope, f"{i:064x}", context, "[]", f"answer {i}", "bench-model",
+                    copy.write_row((tenant.id, scope, f"{i:064x}", context, f"answer {i}", "bench-model",
                                     Decimal("0.0012"), vector, now, expires))
     for question in CACHED:
         cache.store(tenant_id=tenant.id, scope=scope, messages=ask(question), max_tokens=256, schema=None,
