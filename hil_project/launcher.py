@@ -366,14 +366,18 @@ class Supervised:
         print(f"launcher: {self.name} {how}; restarting in {self.delay:g}s")
 
 
-def supervise(children: list[Child], servers: list[Supervised]) -> int:
-    """Start the children and keep them and the servers up until Ctrl-C (130) or SIGTERM (143)."""
+def supervise(children: list[Child], servers: list[Supervised], *, announce: tuple[int, str] | None = None) -> int:
+    """Start the children and keep them and the servers up until Ctrl-C (130) or SIGTERM (143). `announce`: a
+    port, and what to print once it takes connections (where to log in: not before it works)."""
     supervised = servers + [Supervised(c.name, c.start, c.exited) for c in children]
     try:
         for child in supervised[len(servers):]:
             child.start()
         while True:
             time.sleep(0.2)
+            if announce and _listening(announce[0]):
+                print(announce[1], flush=True)
+                announce = None
             now = time.monotonic()
             for each in supervised:
                 each.tend(now)
@@ -476,9 +480,9 @@ def cmd_run(args: list[str]) -> int:
                           lambda name=name: None if alive[name]() else "is not running", running=True)
                for name in sorted(SHARED)]
     base = f"http://127.0.0.1:{port}"
-    print(f"\nHIL: console at {base}/console/ ; admin at {base}/admin/ ; API schema at {base}/api/schema/"
-          "\n     Ctrl-C stops everything.\n")
-    return supervise(children, servers)
+    where = (f"\nHIL: console at {base}/console/ ; admin at {base}/admin/ ; API schema at {base}/api/schema/"
+             "\n     Ctrl-C stops everything.\n")
+    return supervise(children, servers, announce=(int(port), where))
 
 
 def _demo_model() -> Child:

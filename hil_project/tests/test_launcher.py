@@ -98,7 +98,9 @@ def launcher(tmp_path, database_url):
 
 def test_run_restarts_what_died_and_leaves_nothing_behind(launcher):
     ready = r"celery@\S+ ready\."
-    launcher.wait(lambda: launcher.count(ready) == 1 and launcher.serves(), "the worker and Daphne to be up")
+    launcher.wait(lambda: "HIL: console at" in launcher.output(), "where to log in")
+    assert launcher.serves()  # once it says where, it is there
+    launcher.wait(lambda: launcher.count(ready) == 1, "the worker to be up")
     token = re.search(r"Token \(operator\): (\S+)", launcher.output()).group(1)
 
     worker = launcher.child("worker")
