@@ -135,8 +135,8 @@ def _complete(req: _Request) -> Answer:
         if hit := llm_cache.lookup(**cached):
             if redis.client().get(_config_key(ctx.tenant_id)) != req.config.version:
                 raise _ConfigChanged  # maybe no model of the profile answers any more: then not its answers either
-            _record(ctx, None, req.profile, outcome=LLMCall.Outcome.OK, cache=hit.kind, saved_cost=hit.saved_cost,
-                    model_name=hit.model)
+            _record(ctx, None, _row(ctx, None, req.profile, hit.model), outcome=LLMCall.Outcome.OK, cache=hit.kind,
+                    saved_cost=hit.saved_cost)
             return Answer(text=hit.text, data=hit.data, model=hit.model,
                           usage={"model": hit.model, "cache": hit.kind, "saved_cost": str(hit.saved_cost)})
     waited = raised = False
@@ -206,14 +206,14 @@ def _try(req: _Request, model: EndpointModel) -> Answer | None:
         req.retry_after.append(result[1] / 1000)
         return None
     if result[0] == 3:
-        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.BREAKER_OPEN, error="circuit breaker open", call=call)
+        _record(ctx, model, call, outcome=LLMCall.Outcome.BREAKER_OPEN, error="circuit breaker open")
         req.skipped.append(f"{_name(model)}: circuit breaker open")
         return None
     if isinstance(reservation := budgets.outcome(reservation, result), budgets.Refusal):
         refusal = (f"{_name(model)} needs about ${Decimal(estimate) / MICROS:.6f}, "
                    f"${Decimal(reservation.over_micros) / MICROS:.6f} more than the {reservation.budget.scope} "
                    "budget has left")
-        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.REFUSED_BUDGET, error=refusal, call=call)
+        _record(ctx, model, call, outcome=LLMCall.Outcome.REFUSED_BUDGET, error=refusal)
         req.refusals.append((refusal, reservation.budget.scope, reservation.over_micros))
         return None
     return _attempt(req, model, key, reservation, call)
@@ -221,8 +221,8 @@ def _try(req: _Request, model: EndpointModel) -> Answer | None:
 
 def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets.Reservation,
              call: LLMCall) -> Answer | None:
-    """Call one model, asking once more if its answer does not match the schema (each asking its own `call`
-    row, the first one given). None: try the next one."""
+    """Call one model, asking once more if its answer does not match the schema (the first asking's row is
+    `call`, the second gets its own). None: try the next one."""
     ctx, schema = req.ctx, req.schema
     api_key = req.config.keys[model.endpoint_id]
     client = _client(model.endpoint.base_url, api_key)
@@ -254,7 +254,7 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
             if wait_s:
                 req.retry_after.append(wait_s)
             _after(key, reservation, spent, failed=True, wait_s=wait_s)
-            _record(ctx, model, req.profile, outcome=outcome, error=error, attempt_started=started, call=call)
+            _record(ctx, model, call, outcome=outcome, error=error, attempt_started=started)
             req.skipped.append(f"{_name(model)}: {error}")
             return None
         usage = response.usage
@@ -270,12 +270,12 @@ def _attempt(req: _Request, model: EndpointModel, key: str, reservation: budgets
                       prompt=request["messages"] if req.store else None, completion=text if req.store else None)
         if invalid is None:
             _after(key, reservation, spent)
-            _record(ctx, model, req.profile, outcome=LLMCall.Outcome.OK, call=call, **record)
+            _record(ctx, model, call, outcome=LLMCall.Outcome.OK, **record)
             return Answer(text=text, data=data, model=model.model, cost=Decimal(spent) / MICROS,
                           tool_calls=calls,
                           usage={"model": model.model, "tokens_in": usage.prompt_tokens,
                                  "tokens_out": usage.completion_tokens, "calls": asked})
-        _record(ctx, model, req.profile, outcome=LLMCall.Outcome.INVALID_OUTPUT, error=invalid, call=call, **record)
+        _record(ctx, model, call, outcome=LLMCall.Outcome.INVALID_OUTPUT, error=invalid, **record)
         request["messages"] = [*request["messages"], {"role": "assistant", "content": text},
                                {"role": "user", "content": f"That answer is not valid: {invalid}. Answer again, "
                                                            "with only the JSON object."}]
@@ -391,14 +391,14 @@ def _encoding() -> tiktoken.Encoding:
 def _offline(ctx: StepContext, profile: str, offline: Callable[[], str | dict]) -> Answer:
     started = time.monotonic()
     result = offline()
-    _record(ctx, None, profile, outcome=LLMCall.Outcome.OK, attempt_started=started)
+    _record(ctx, None, _row(ctx, None, profile), outcome=LLMCall.Outcome.OK, attempt_started=started)
     if isinstance(result, dict):
         return Answer(text=json.dumps(result), data=result, model=OfflineModel.name, usage={"model": OfflineModel.name})
     return Answer(text=result, model=OfflineModel.name, usage={"model": OfflineModel.name})
 
 
 def _name(model: EndpointModel) -> str:
-    """A model as a reason it was passed over names it (made only then: a call that goes needs no name)."""
+    """`endpoint/model`, for the reasons a model was passed over (made only then: a call that goes needs none)."""
     return f"{model.endpoint.name}/{model.model}"
 
 
@@ -478,17 +478,15 @@ def _row(ctx: StepContext, model: EndpointModel | None, profile: str, model_name
                    profile=profile)
 
 
-def _record(ctx: StepContext, model: EndpointModel | None, profile: str, *, outcome: str, error: str = "",
-            attempt_started: float | None = None, model_name: str = OfflineModel.name, call: LLMCall | None = None,
-            **fields) -> None:
-    """The attempt's row (`call`, else a new one: see _row) and its event in the run (no prompt, no key), committed
+def _record(ctx: StepContext, model: EndpointModel | None, call: LLMCall, *, outcome: str, error: str = "",
+            attempt_started: float | None = None, **fields) -> None:
+    """The attempt's row (made by _row) with its outcome, and its event in the run (no prompt, no key), committed
     with the step's outcome."""
     latency_ms = round((time.monotonic() - attempt_started) * 1000) if attempt_started else 0
-    call = call or _row(ctx, model, profile, model_name)
     call.outcome, call.error, call.latency_ms = outcome, error, latency_ms
     for name, value in fields.items():
         setattr(call, name, value)
     ctx.emit("llm.call", {"node": ctx.node_id, "model": call.model, "endpoint": model.endpoint.name if model else "",
-                          "profile": profile, "outcome": outcome, "error": error, "tokens_in": call.tokens_in,
+                          "profile": call.profile, "outcome": outcome, "error": error, "tokens_in": call.tokens_in,
                           "tokens_out": call.tokens_out, "cost": str(call.cost), "latency_ms": latency_ms,
                           "cache": call.cache, "saved_cost": str(call.saved_cost)}, row=call)

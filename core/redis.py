@@ -96,10 +96,8 @@ def reply():
 def caught_up() -> None:
     """Wait for the script this thread sent without waiting: once this returns, Redis has run it (a reader on
     another connection sees its writes)."""
-    pending = getattr(_own, "pending", None)
-    if pending:
-        _own.pending = None
+    if getattr(_own, "pending", None):
         try:
-            _reply(_own.connection, *pending)
+            reply()
         except redis.RedisError:
             log.exception("a Redis script sent without waiting failed")
